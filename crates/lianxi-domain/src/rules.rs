@@ -1,0 +1,757 @@
+//! The state rules: whether an event may be appended to a case as it stands.
+
+use lianxi_proto::Timestamp;
+use lianxi_proto::v1::{
+    Agency, CaseView, Event, InvolvementState, OrderChange, OrderDecision, RejectionCode,
+    event::Body,
+};
+
+use crate::agency::{agency_name, agency_object, agency_object_i32, shorten};
+use crate::context::Context;
+use crate::describe::body_kind;
+use crate::error::Rejection;
+use crate::state::{
+    ALARM_ARRIVAL, LEGAL_AID_DECISION, ORDER_DECISION, WARNING_FOLLOW_UP, find_obligation,
+    involved, legal_aid_outcome, obligation_id, placement_exists, placement_open,
+};
+use crate::time;
+use crate::validate::check_event;
+
+fn reject(code: RejectionCode, reason: String) -> Rejection {
+    Rejection::new(code, reason)
+}
+
+/// Which agencies may emit a body at all, whatever the state of the case.
+/// `None`: any agency (subject to involvement). Closing and reopening depend
+/// on who leads the case and are checked with the state.
+fn permitted_emitters(body: &Body) -> Option<&'static [Agency]> {
+    const POLICE: &[Agency] = &[Agency::Police];
+    const COURT: &[Agency] = &[Agency::Court];
+    const CIVIL: &[Agency] = &[Agency::CivilAffairs];
+    const LABOUR: &[Agency] = &[Agency::Labour];
+    const JUSTICE: &[Agency] = &[Agency::JusticeBureau];
+    const COMMITTEE: &[Agency] = &[Agency::PoliticalLegalCommittee];
+    const APPLICANTS: &[Agency] = &[Agency::Court, Agency::Police, Agency::WomensFederation];
+    match body {
+        Body::AlarmReceived(_)
+        | Body::OfficersDispatched(_)
+        | Body::OfficersArrived(_)
+        | Body::AlarmDisposed(_)
+        | Body::WrittenWarningIssued(_)
+        | Body::FollowUpVisitRecorded(_)
+        | Body::ProtectionOrderChecked(_)
+        | Body::ProtectionOrderViolated(_) => Some(POLICE),
+        Body::ProtectionOrderDecided(_)
+        | Body::ProtectionOrderChanged(_)
+        | Body::HearingScheduled(_)
+        | Body::JudgmentIssued(_) => Some(COURT),
+        Body::ProtectionOrderApplied(_) => Some(APPLICANTS),
+        Body::ShelterAdmitted(_)
+        | Body::ShelterExtended(_)
+        | Body::ShelterExited(_)
+        | Body::MarriageRegistrationFlagged(_) => Some(CIVIL),
+        Body::LabourInspectionOpened(_) | Body::LabourViolationFound(_) => Some(LABOUR),
+        Body::LegalAidApplied(_) | Body::LegalAidDecided(_) | Body::LawyerAssigned(_) => {
+            Some(JUSTICE)
+        }
+        Body::CaseListed(_) | Body::MeetingHeld(_) | Body::ActionAgreed(_) => Some(COMMITTEE),
+        _ => None,
+    }
+}
+
+fn list_names(agencies: &[Agency]) -> String {
+    let names: Vec<&str> = agencies.iter().map(|a| agency_object(*a)).collect();
+    match names.as_slice() {
+        [] => String::new(),
+        [one] => (*one).to_owned(),
+        [init @ .., last] => format!("{} or {last}", init.join(", ")),
+    }
+}
+
+/// Decides whether `event` may be appended to the case `view` (`None` when
+/// the case does not exist yet). `corrected` is the event named by
+/// `corrects_event_id`, if the caller found it in the log.
+///
+/// Checks run from the general to the specific: structure, existence of the
+/// case, closure, who may emit the body, involvement, then the body's own
+/// rules, so that the first reason a clerk reads is the one to fix first.
+pub fn decide(
+    ctx: &Context<'_>,
+    view: Option<&CaseView>,
+    event: &Event,
+    corrected: Option<&Event>,
+) -> Result<(), Rejection> {
+    check_event(event)?;
+    let (Some(body), Some(at), Ok(agency)) = (
+        event.body.as_ref(),
+        event.occurred_at.as_ref(),
+        Agency::try_from(event.agency),
+    ) else {
+        // check_event guarantees all three; stay total regardless.
+        return Err(reject(
+            RejectionCode::Malformed,
+            "the event could not be read".into(),
+        ));
+    };
+    let correction = event.corrects_event_id.is_some();
+    let case = &event.case_id;
+
+    let Some(view) = view else {
+        return match body {
+            Body::CaseOpened(_) if correction => Err(reject(
+                RejectionCode::BadCorrection,
+                format!(
+                    "case {case} does not exist, so there is no opening to correct; send the opening without corrects_event_id"
+                ),
+            )),
+            Body::CaseOpened(_) => Ok(()),
+            _ => Err(reject(
+                RejectionCode::UnknownCase,
+                format!(
+                    "case {case} has not been opened; open the case first with a case_opened event"
+                ),
+            )),
+        };
+    };
+    if view.case_id != *case {
+        return Err(reject(
+            RejectionCode::CaseMismatch,
+            format!(
+                "the event is for case {case} but was checked against case {}; this is a fault of the receiving system",
+                view.case_id
+            ),
+        ));
+    }
+    if matches!(body, Body::CaseOpened(_)) && !correction {
+        return Err(reject(
+            RejectionCode::CaseExists,
+            format!(
+                "case {case} is already open; choose a new case id, or send a correction of the opening"
+            ),
+        ));
+    }
+    let reopening = matches!(body, Body::CaseReopened(_)) && !correction;
+    if view.closed_at.is_some() && !reopening {
+        return Err(reject(
+            RejectionCode::CaseClosed,
+            format!(
+                "case {case} is closed; the lead agency or the political-legal committee must reopen it first"
+            ),
+        ));
+    }
+    if let Some(allowed) = permitted_emitters(body)
+        && !allowed.contains(&agency)
+    {
+        return Err(reject(
+            RejectionCode::NotPermitted,
+            format!(
+                "{} may not send {}; only {} may",
+                agency_name(agency),
+                body_kind(body),
+                list_names(allowed)
+            ),
+        ));
+    }
+    let committee = agency == Agency::PoliticalLegalCommittee;
+    if matches!(body, Body::CaseClosed(_) | Body::CaseReopened(_))
+        && !committee
+        && view.lead != agency as i32
+    {
+        return Err(reject(
+            RejectionCode::NotPermitted,
+            format!(
+                "{} may not {} case {case}; only the lead agency ({}) or the political-legal committee may",
+                agency_name(agency),
+                if matches!(body, Body::CaseClosed(_)) {
+                    "close"
+                } else {
+                    "reopen"
+                },
+                agency_object_i32(view.lead)
+            ),
+        ));
+    }
+    if !committee && !matches!(body, Body::CaseOpened(_)) && !involved(view, agency) {
+        return Err(reject(
+            RejectionCode::NotInvolved,
+            format!(
+                "{} is not involved in case {case}; ask the lead agency to refer it",
+                agency_name(agency)
+            ),
+        ));
+    }
+    if correction {
+        check_correction(view, event, body, corrected)?;
+        return correction_rules(ctx, view, body, corrected);
+    }
+    body_rules(ctx, view, body, agency, at, case)
+}
+
+/// The corrected event must be this agency's own event of the same kind in
+/// the same case, and must keep the id of the record it is about (a
+/// correction that changed the id would really be a new record).
+fn check_correction(
+    view: &CaseView,
+    event: &Event,
+    body: &Body,
+    corrected: Option<&Event>,
+) -> Result<(), Rejection> {
+    let bad = |reason: String| Err(reject(RejectionCode::BadCorrection, reason));
+    let target = event.corrects_event_id.as_deref().unwrap_or_default();
+    let Some(c) = corrected else {
+        return bad(format!(
+            "event {} was not found in case {}; check the id of the event you mean to correct",
+            shorten(target),
+            view.case_id
+        ));
+    };
+    if c.event_id != target {
+        return bad(format!(
+            "the event supplied as corrected is {}, not {}; this is a fault of the receiving system",
+            shorten(&c.event_id),
+            shorten(target)
+        ));
+    }
+    if c.case_id != event.case_id {
+        return bad(format!(
+            "event {} belongs to case {}, not {}; correct it in its own case",
+            shorten(target),
+            shorten(&c.case_id),
+            event.case_id
+        ));
+    }
+    if c.agency != event.agency {
+        return bad(format!(
+            "event {} was sent by {}; only the agency that sent an event may correct it",
+            shorten(target),
+            agency_object_i32(c.agency)
+        ));
+    }
+    let Some(cbody) = c.body.as_ref() else {
+        return bad(format!(
+            "event {} has no body and cannot be corrected",
+            shorten(target)
+        ));
+    };
+    if body_kind(cbody) != body_kind(body) {
+        return bad(format!(
+            "event {} is a {} and this correction is a {}; a correction must be the same kind of event",
+            shorten(target),
+            body_kind(cbody),
+            body_kind(body)
+        ));
+    }
+    if let (Some((field, old)), Some((_, new))) = (record_key(cbody), record_key(body))
+        && old != new
+    {
+        return bad(format!(
+            "event {} is about {field} {}, so its correction must keep that id; to record a different one, send a new event",
+            shorten(target),
+            shorten(&old)
+        ));
+    }
+    Ok(())
+}
+
+/// The identity of the record an event is about, including the parts a
+/// correction may not change because other records hang off them (who a
+/// referral went to, who owns an action, what a court decided).
+fn record_key(body: &Body) -> Option<(&'static str, String)> {
+    let k = |field: &'static str, v: &str| Some((field, v.to_owned()));
+    match body {
+        Body::ReferralIssued(b) => Some((
+            "referral",
+            format!("{} to {}", b.referral_id, agency_object_i32(b.to_agency)),
+        )),
+        Body::ReferralAccepted(b) => k("referral", &b.referral_id),
+        Body::ReferralReturned(b) => k("referral", &b.referral_id),
+        Body::AlarmReceived(b) => k("alarm", &b.alarm_id),
+        Body::OfficersDispatched(b) => k("alarm", &b.alarm_id),
+        Body::OfficersArrived(b) => k("alarm", &b.alarm_id),
+        Body::AlarmDisposed(b) => k("alarm", &b.alarm_id),
+        Body::WrittenWarningIssued(b) => k("warning", &b.warning_id),
+        Body::FollowUpVisitRecorded(b) => k("warning", &b.warning_id),
+        Body::ProtectionOrderChecked(b) => k("order", &b.order_id),
+        Body::ProtectionOrderViolated(b) => k("order", &b.order_id),
+        Body::ProtectionOrderApplied(b) => k("application", &b.application_id),
+        Body::ProtectionOrderDecided(b) => Some((
+            "application",
+            format!(
+                "{} ({} {})",
+                b.application_id,
+                decision_word(b.decision),
+                b.order_id
+            ),
+        )),
+        Body::ProtectionOrderChanged(b) => Some((
+            "order",
+            format!("{} ({})", b.order_id, change_word(b.change)),
+        )),
+        Body::HearingScheduled(b) => k("hearing", &b.hearing_id),
+        Body::ShelterAdmitted(b) => k("placement", &b.placement_id),
+        Body::ShelterExtended(b) => k("placement", &b.placement_id),
+        Body::ShelterExited(b) => k("placement", &b.placement_id),
+        Body::LabourInspectionOpened(b) => k("inspection", &b.inspection_id),
+        Body::LabourViolationFound(b) => k("inspection", &b.inspection_id),
+        Body::LegalAidApplied(b) => k("application", &b.application_id),
+        Body::LegalAidDecided(b) => k("application", &b.application_id),
+        Body::LawyerAssigned(b) => k("application", &b.application_id),
+        Body::CaseListed(b) => k("meeting", &b.meeting_id),
+        Body::MeetingHeld(b) => k("meeting", &b.meeting_id),
+        Body::ActionAgreed(b) => Some((
+            "action",
+            format!("{} owned by {}", b.action_id, agency_object_i32(b.owner)),
+        )),
+        Body::ActionReported(b) => k("action", &b.action_id),
+        _ => None,
+    }
+}
+
+fn decision_word(v: i32) -> &'static str {
+    match OrderDecision::try_from(v) {
+        Ok(OrderDecision::Granted) => "granted",
+        Ok(OrderDecision::Rejected) => "rejected",
+        _ => "undecided",
+    }
+}
+
+fn change_word(v: i32) -> &'static str {
+    match OrderChange::try_from(v) {
+        Ok(OrderChange::Reviewed) => "reviewed",
+        Ok(OrderChange::Extended) => "extended",
+        Ok(OrderChange::Revoked) => "revoked",
+        _ => "changed",
+    }
+}
+
+/// Rules for a correction. The once-only and uniqueness rules are skipped
+/// (the record exists because the corrected event made it); what remains
+/// are the rules on the new values of the fields a correction overwrites.
+fn correction_rules(
+    ctx: &Context<'_>,
+    view: &CaseView,
+    body: &Body,
+    corrected: Option<&Event>,
+) -> Result<(), Rejection> {
+    let base = corrected.and_then(|c| c.occurred_at).unwrap_or_default();
+    match body {
+        Body::ReferralIssued(b) => {
+            if !view
+                .referrals
+                .iter()
+                .any(|r| r.referral_id == b.referral_id)
+            {
+                return Err(unknown(view, "referral", &b.referral_id));
+            }
+            if let Some(due) = &b.due_at {
+                after(due, &base, "referral_issued.due_at", "the referral")?;
+            }
+            Ok(())
+        }
+        Body::ProtectionOrderDecided(b) if b.decision == OrderDecision::Granted as i32 => {
+            let Some(order) = view.orders.iter().find(|o| o.order_id == b.order_id) else {
+                return Err(unknown(view, "protection order", &b.order_id));
+            };
+            let granted_at = order.granted_at.unwrap_or(base);
+            order_term(
+                ctx,
+                b.expires_at.as_ref(),
+                &granted_at,
+                "protection_order_decided.expires_at",
+            )
+        }
+        Body::ProtectionOrderChanged(b) if b.change == OrderChange::Extended as i32 => order_term(
+            ctx,
+            b.new_expires_at.as_ref(),
+            &base,
+            "protection_order_changed.new_expires_at",
+        ),
+        Body::ShelterExtended(b) => match &b.until {
+            Some(until) => after(until, &base, "shelter_extended.until", "the extension"),
+            None => Ok(()),
+        },
+        Body::ActionAgreed(b) => match &b.due_at {
+            Some(due) => after(due, &base, "action_agreed.due_at", "the meeting"),
+            None => Ok(()),
+        },
+        _ => Ok(()),
+    }
+}
+
+fn unknown(view: &CaseView, what: &str, id: &str) -> Rejection {
+    reject(
+        RejectionCode::UnknownReference,
+        format!(
+            "{what} {} does not exist in case {}; check the {what} id",
+            shorten(id),
+            view.case_id
+        ),
+    )
+}
+
+fn after(t: &Timestamp, base: &Timestamp, field: &str, what: &str) -> Result<(), Rejection> {
+    if time::before(base, t) {
+        Ok(())
+    } else {
+        Err(reject(
+            RejectionCode::InvalidField,
+            format!(
+                "{field} is {}, not after {what} ({}); give a later time",
+                time::format(t),
+                time::format(base)
+            ),
+        ))
+    }
+}
+
+/// An order (or an extension) runs for at most the policy's term in
+/// calendar months from `from`, and must end after `from`.
+fn order_term(
+    ctx: &Context<'_>,
+    expires: Option<&Timestamp>,
+    from: &Timestamp,
+    field: &str,
+) -> Result<(), Rejection> {
+    let Some(expires) = expires else {
+        return Ok(());
+    };
+    after(expires, from, field, "the decision")?;
+    let limit = time::plus_months(from, ctx.policy.order_max_months);
+    if time::before(&limit, expires) {
+        return Err(reject(
+            RejectionCode::InvalidField,
+            format!(
+                "{field} is {}, more than {} months after {}; an order may run until {} at the latest",
+                time::format(expires),
+                ctx.policy.order_max_months,
+                time::format(from),
+                time::format(&limit)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn body_rules(
+    ctx: &Context<'_>,
+    view: &CaseView,
+    body: &Body,
+    agency: Agency,
+    at: &Timestamp,
+    case: &str,
+) -> Result<(), Rejection> {
+    let exists =
+        |prefix: &str, id: &str| find_obligation(view, &obligation_id(prefix, id)).is_some();
+    let conflict = |what: &str, id: &str| {
+        Err(reject(
+            RejectionCode::Conflict,
+            format!(
+                "{what} {} already exists in case {case}; choose a new id, or send a correction",
+                shorten(id)
+            ),
+        ))
+    };
+    match body {
+        Body::ReferralIssued(b) => {
+            if view
+                .referrals
+                .iter()
+                .any(|r| r.referral_id == b.referral_id)
+            {
+                return conflict("referral", &b.referral_id);
+            }
+            match &b.due_at {
+                Some(due) => after(due, at, "referral_issued.due_at", "the referral"),
+                None => Ok(()),
+            }
+        }
+        Body::ReferralAccepted(b) => answer_referral(view, &b.referral_id, agency, "accept"),
+        Body::ReferralReturned(b) => answer_referral(view, &b.referral_id, agency, "return"),
+        Body::AlarmReceived(b) if exists(ALARM_ARRIVAL, &b.alarm_id) => {
+            conflict("alarm", &b.alarm_id)
+        }
+        Body::OfficersDispatched(b) if !exists(ALARM_ARRIVAL, &b.alarm_id) => {
+            Err(unknown(view, "alarm", &b.alarm_id))
+        }
+        Body::OfficersArrived(b) if !exists(ALARM_ARRIVAL, &b.alarm_id) => {
+            Err(unknown(view, "alarm", &b.alarm_id))
+        }
+        Body::AlarmDisposed(b) if !exists(ALARM_ARRIVAL, &b.alarm_id) => {
+            Err(unknown(view, "alarm", &b.alarm_id))
+        }
+        Body::WrittenWarningIssued(b) if exists(WARNING_FOLLOW_UP, &b.warning_id) => {
+            conflict("written warning", &b.warning_id)
+        }
+        Body::FollowUpVisitRecorded(b) if !exists(WARNING_FOLLOW_UP, &b.warning_id) => {
+            Err(unknown(view, "written warning", &b.warning_id))
+        }
+        Body::ProtectionOrderChecked(b)
+            if !view.orders.iter().any(|o| o.order_id == b.order_id) =>
+        {
+            Err(unknown(view, "protection order", &b.order_id))
+        }
+        Body::ProtectionOrderViolated(b)
+            if !view.orders.iter().any(|o| o.order_id == b.order_id) =>
+        {
+            Err(unknown(view, "protection order", &b.order_id))
+        }
+        Body::ProtectionOrderApplied(b) if exists(ORDER_DECISION, &b.application_id) => {
+            conflict("protection-order application", &b.application_id)
+        }
+        Body::ProtectionOrderDecided(b) => {
+            let Some(o) = find_obligation(view, &obligation_id(ORDER_DECISION, &b.application_id))
+            else {
+                return Err(unknown(
+                    view,
+                    "protection-order application",
+                    &b.application_id,
+                ));
+            };
+            if o.fulfilled_at.is_some() {
+                return Err(reject(
+                    RejectionCode::AlreadyDone,
+                    format!(
+                        "protection-order application {} in case {case} has already been decided; to change the order, send protection_order_changed",
+                        shorten(&b.application_id)
+                    ),
+                ));
+            }
+            if b.decision == OrderDecision::Granted as i32 {
+                if view.orders.iter().any(|o| o.order_id == b.order_id) {
+                    return conflict("protection order", &b.order_id);
+                }
+                order_term(
+                    ctx,
+                    b.expires_at.as_ref(),
+                    at,
+                    "protection_order_decided.expires_at",
+                )?;
+            }
+            Ok(())
+        }
+        Body::ProtectionOrderChanged(b) => {
+            let Some(order) = view.orders.iter().find(|o| o.order_id == b.order_id) else {
+                return Err(unknown(view, "protection order", &b.order_id));
+            };
+            if order.revoked {
+                return Err(reject(
+                    RejectionCode::Conflict,
+                    format!(
+                        "protection order {} in case {case} has been revoked and can no longer be changed; a new order needs a new application",
+                        shorten(&b.order_id)
+                    ),
+                ));
+            }
+            if b.change == OrderChange::Extended as i32 {
+                if let (Some(new), Some(current)) = (&b.new_expires_at, &order.expires_at)
+                    && !time::before(current, new)
+                {
+                    return Err(reject(
+                        RejectionCode::InvalidField,
+                        format!(
+                            "protection_order_changed.new_expires_at is {}, not after the current expiry {}; an extension must end later",
+                            time::format(new),
+                            time::format(current)
+                        ),
+                    ));
+                }
+                order_term(
+                    ctx,
+                    b.new_expires_at.as_ref(),
+                    at,
+                    "protection_order_changed.new_expires_at",
+                )?;
+            }
+            Ok(())
+        }
+        Body::ShelterAdmitted(b) if placement_exists(view, &b.placement_id) => {
+            conflict("placement", &b.placement_id)
+        }
+        Body::ShelterExtended(b) => {
+            open_placement(view, &b.placement_id, case)?;
+            match &b.until {
+                Some(until) => after(until, at, "shelter_extended.until", "the extension"),
+                None => Ok(()),
+            }
+        }
+        Body::ShelterExited(b) => open_placement(view, &b.placement_id, case),
+        Body::LegalAidApplied(b) if exists(LEGAL_AID_DECISION, &b.application_id) => {
+            conflict("legal-aid application", &b.application_id)
+        }
+        Body::LegalAidDecided(b) => {
+            let Some(o) =
+                find_obligation(view, &obligation_id(LEGAL_AID_DECISION, &b.application_id))
+            else {
+                return Err(unknown(view, "legal-aid application", &b.application_id));
+            };
+            if legal_aid_outcome(o).is_some() {
+                return Err(reject(
+                    RejectionCode::AlreadyDone,
+                    format!(
+                        "legal-aid application {} in case {case} has already been decided; send a correction to change the decision",
+                        shorten(&b.application_id)
+                    ),
+                ));
+            }
+            Ok(())
+        }
+        Body::LawyerAssigned(b) => {
+            let Some(o) =
+                find_obligation(view, &obligation_id(LEGAL_AID_DECISION, &b.application_id))
+            else {
+                return Err(unknown(view, "legal-aid application", &b.application_id));
+            };
+            match legal_aid_outcome(o) {
+                Some(true) => Ok(()),
+                Some(false) => Err(reject(
+                    RejectionCode::Conflict,
+                    format!(
+                        "legal-aid application {} in case {case} was refused; a lawyer can only be assigned on a granted application",
+                        shorten(&b.application_id)
+                    ),
+                )),
+                None => Err(reject(
+                    RejectionCode::Conflict,
+                    format!(
+                        "legal-aid application {} in case {case} has not been decided; record the decision first",
+                        shorten(&b.application_id)
+                    ),
+                )),
+            }
+        }
+        Body::CaseListed(b) if view.pending_meetings.contains(&b.meeting_id) => Err(reject(
+            RejectionCode::AlreadyDone,
+            format!(
+                "case {case} is already listed for meeting {}",
+                shorten(&b.meeting_id)
+            ),
+        )),
+        Body::MeetingHeld(b) if !view.pending_meetings.contains(&b.meeting_id) => Err(reject(
+            RejectionCode::UnknownReference,
+            format!(
+                "case {case} is not listed for meeting {}; list it for that meeting first",
+                shorten(&b.meeting_id)
+            ),
+        )),
+        Body::ActionAgreed(b) => {
+            if view.actions.iter().any(|a| a.action_id == b.action_id) {
+                return conflict("action", &b.action_id);
+            }
+            match &b.due_at {
+                Some(due) => after(due, at, "action_agreed.due_at", "the meeting"),
+                None => Ok(()),
+            }
+        }
+        Body::ActionReported(b) => {
+            let Some(action) = view.actions.iter().find(|a| a.action_id == b.action_id) else {
+                return Err(unknown(view, "action", &b.action_id));
+            };
+            if action.owner != agency as i32 {
+                return Err(reject(
+                    RejectionCode::NotPermitted,
+                    format!(
+                        "action {} in case {case} is owned by {}; only its owner may report on it",
+                        shorten(&b.action_id),
+                        agency_object_i32(action.owner)
+                    ),
+                ));
+            }
+            if action.outcome != 0 {
+                return Err(reject(
+                    RejectionCode::AlreadyDone,
+                    format!(
+                        "action {} in case {case} has already been reported; send a correction to change the report",
+                        shorten(&b.action_id)
+                    ),
+                ));
+            }
+            Ok(())
+        }
+        Body::CaseClosed(_) if agency != Agency::PoliticalLegalCommittee => {
+            let mut open: Vec<String> = view
+                .referrals
+                .iter()
+                .filter(|r| r.state == InvolvementState::Received as i32)
+                .map(|r| {
+                    format!(
+                        "referral {} awaits an answer from {}",
+                        r.referral_id,
+                        agency_object_i32(r.to_agency)
+                    )
+                })
+                .collect();
+            open.extend(view.actions.iter().filter(|a| a.outcome == 0).map(|a| {
+                format!(
+                    "action {} ({}) is unreported",
+                    a.action_id,
+                    agency_object_i32(a.owner)
+                )
+            }));
+            if open.is_empty() {
+                Ok(())
+            } else {
+                Err(reject(
+                    RejectionCode::Conflict,
+                    format!(
+                        "case {case} cannot be closed by the lead agency while {}; wait for them, or ask the political-legal committee to close it",
+                        open.join(" and ")
+                    ),
+                ))
+            }
+        }
+        Body::CaseReopened(_) if view.closed_at.is_none() => Err(reject(
+            RejectionCode::Conflict,
+            format!("case {case} is not closed, so it cannot be reopened"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn answer_referral(view: &CaseView, id: &str, agency: Agency, verb: &str) -> Result<(), Rejection> {
+    let Some(r) = view.referrals.iter().find(|r| r.referral_id == id) else {
+        return Err(unknown(view, "referral", id));
+    };
+    if r.to_agency != agency as i32 {
+        return Err(reject(
+            RejectionCode::NotPermitted,
+            format!(
+                "referral {} was sent to {}; only {} may {verb} it",
+                shorten(id),
+                agency_object_i32(r.to_agency),
+                agency_object_i32(r.to_agency)
+            ),
+        ));
+    }
+    if r.state != InvolvementState::Received as i32 {
+        let done = if r.state == InvolvementState::Accepted as i32 {
+            "accepted"
+        } else {
+            "returned"
+        };
+        return Err(reject(
+            RejectionCode::AlreadyDone,
+            format!(
+                "referral {} in case {} was already {done}; send a correction if the answer was wrong",
+                shorten(id),
+                view.case_id
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn open_placement(view: &CaseView, id: &str, case: &str) -> Result<(), Rejection> {
+    if !placement_exists(view, id) {
+        return Err(unknown(view, "placement", id));
+    }
+    if !placement_open(view, id) {
+        return Err(reject(
+            RejectionCode::AlreadyDone,
+            format!(
+                "placement {} in case {case} has ended; admit the person again under a new placement id",
+                shorten(id)
+            ),
+        ));
+    }
+    Ok(())
+}

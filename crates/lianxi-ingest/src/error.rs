@@ -1,0 +1,17 @@
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error(
+        "cannot create or open the JetStream stream: {0}; is nats-server running with JetStream enabled (-js)?"
+    )]
+    Stream(String),
+    #[error("reading the stream: {0}")]
+    Consumer(String),
+    #[error("writing the log: {0}")]
+    Log(#[from] lianxi_log::Error),
+    #[error("the log writer task failed: {0}")]
+    Task(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

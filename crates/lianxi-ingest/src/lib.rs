@@ -1,0 +1,185 @@
+//! Reads agency events from NATS JetStream, in stream order, into the log.
+//! The only crate that knows NATS.
+//!
+//! The node keeps no consumer state on the server: it starts an ordered
+//! consumer at the stream sequence after its own checkpoint (stored in sled in
+//! the same atomic batch as the events it covers), so a crash at any point
+//! neither loses nor repeats an event.
+
+#![forbid(unsafe_code)]
+
+mod error;
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull::OrderedConfig, stream};
+use futures::StreamExt;
+use lianxi_log::{GroupReport, Incoming, Log};
+use lianxi_proto::Timestamp;
+use tokio::sync::watch;
+
+pub use error::{Error, Result};
+
+/// The stream every node reads.
+pub const STREAM_NAME: &str = "LIANXI_EVENTS";
+/// The subjects the stream captures: `lianxi.v1.events.<agency>.<case_id>`.
+pub const STREAM_SUBJECTS: &str = "lianxi.v1.events.>";
+
+/// How the node reads and groups events.
+#[derive(Debug, Clone)]
+pub struct IngestConfig {
+    /// The most events in one atomic write and flush.
+    pub batch_max: usize,
+    /// How long to wait for more events after the first of a group before
+    /// writing it. A lone event lands after at most this delay plus a flush.
+    pub batch_delay: Duration,
+    /// Replicas of the stream when the node creates it (1 for a single
+    /// server, 3 for a cluster).
+    pub stream_replicas: usize,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            batch_max: 512,
+            batch_delay: Duration::from_millis(2),
+            stream_replicas: 1,
+        }
+    }
+}
+
+/// Creates the events stream when it is missing, and returns it.
+pub async fn ensure_stream(js: &jetstream::Context, replicas: usize) -> Result<stream::Stream> {
+    let config = stream::Config {
+        name: STREAM_NAME.to_owned(),
+        subjects: vec![STREAM_SUBJECTS.to_owned()],
+        storage: stream::StorageType::File,
+        num_replicas: replicas.max(1),
+        // The bus-level window only saves bandwidth on quick retries; the
+        // node's own dedup index is permanent.
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    };
+    js.get_or_create_stream(config)
+        .await
+        .map_err(|e| Error::Stream(e.to_string()))
+}
+
+/// Reads the stream into the log until `shutdown` turns true. Each group is
+/// flushed before its report is published on `applied`.
+pub async fn run(
+    js: jetstream::Context,
+    log: Log,
+    config: IngestConfig,
+    applied: watch::Sender<Option<GroupReport>>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<()> {
+    let stream = ensure_stream(&js, config.stream_replicas).await?;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if *shutdown.borrow() {
+            return Ok(());
+        }
+        match read_from_checkpoint(&stream, &log, &config, &applied, &mut shutdown).await {
+            Ok(()) => return Ok(()),
+            Err(Error::Log(e)) => return Err(Error::Log(e)),
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "reading the stream failed; resuming from the checkpoint");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.changed() => return Ok(()),
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+async fn read_from_checkpoint(
+    stream: &stream::Stream,
+    log: &Log,
+    config: &IngestConfig,
+    applied: &watch::Sender<Option<GroupReport>>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<()> {
+    let start = log.checkpoint().stream_sequence + 1;
+    let deliver_policy = if start <= 1 {
+        DeliverPolicy::All
+    } else {
+        DeliverPolicy::ByStartSequence {
+            start_sequence: start,
+        }
+    };
+    let consumer = stream
+        .create_consumer(OrderedConfig {
+            deliver_policy,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| Error::Consumer(e.to_string()))?;
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(|e| Error::Consumer(e.to_string()))?;
+    tracing::info!(start_stream_sequence = start, "reading the events stream");
+    let batch_max = config.batch_max.max(1);
+    loop {
+        let first = tokio::select! {
+            m = messages.next() => m,
+            _ = shutdown.changed() => return Ok(()),
+        };
+        let first = match first {
+            Some(Ok(m)) => m,
+            Some(Err(e)) => return Err(Error::Consumer(e.to_string())),
+            None => return Err(Error::Consumer("the message stream ended".into())),
+        };
+        let mut group = vec![incoming(&first)?];
+        let deadline = tokio::time::Instant::now() + config.batch_delay;
+        while group.len() < batch_max {
+            match tokio::time::timeout_at(deadline, messages.next()).await {
+                Ok(Some(Ok(m))) => group.push(incoming(&m)?),
+                Ok(Some(Err(e))) => {
+                    // Apply what we have; the next consumer resumes after it.
+                    apply(log, group, applied).await?;
+                    return Err(Error::Consumer(e.to_string()));
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        apply(log, group, applied).await?;
+    }
+}
+
+async fn apply(
+    log: &Log,
+    group: Vec<Incoming>,
+    applied: &watch::Sender<Option<GroupReport>>,
+) -> Result<()> {
+    let log = log.clone();
+    let n = group.len();
+    let report = tokio::task::spawn_blocking(move || log.append_group(&group))
+        .await
+        .map_err(|e| Error::Task(e.to_string()))??;
+    tracing::debug!(
+        events = n,
+        stream_sequence = report.checkpoint.stream_sequence,
+        global_sequence = report.checkpoint.global_sequence,
+        "group written"
+    );
+    applied.send_replace(Some(report));
+    Ok(())
+}
+
+fn incoming(m: &jetstream::Message) -> Result<Incoming> {
+    let info = m.info().map_err(|e| Error::Consumer(e.to_string()))?;
+    let published = info.published;
+    Ok(Incoming {
+        stream_sequence: info.stream_sequence,
+        subject: m.subject.to_string(),
+        recorded_at: Timestamp {
+            seconds: published.unix_timestamp(),
+            nanos: published.nanosecond() as i32,
+        },
+        payload: m.payload.to_vec(),
+    })
+}

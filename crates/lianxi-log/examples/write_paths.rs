@@ -1,0 +1,194 @@
+//! How to write a group of events to sled: measured, not guessed.
+//!
+//! `cargo run --release -p lianxi-log --example write_paths [events]`
+//!
+//! Compares, for the same ~300-byte records and four logical records per
+//! event (entry, case index, dedup entry, view):
+//! 1. a sled transaction over four trees per event (the obvious design),
+//! 2. one atomic batch into one tree per event,
+//! 3. one atomic batch into one tree per group of 100 and 512 events,
+//! 4. `Log::append_group` itself on realistic events,
+//!
+//! each with one flush per commit. Prints events per second and the machine.
+
+use std::time::Instant;
+
+use sled::Transactional;
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown cpu".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!(
+        "{cpu}, {cores} cores, {} {}",
+        std::env::consts::OS,
+        std::env::consts::ARCH
+    )
+}
+
+fn record(i: u64) -> Vec<u8> {
+    let mut v = format!("event-{i:012}-").into_bytes();
+    v.resize(300, b'x');
+    v
+}
+
+fn multi_tree_per_event(n: u64) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sled::open(dir.path()).unwrap();
+    let trees: Vec<sled::Tree> = ["log", "index", "dedup", "views"]
+        .iter()
+        .map(|t| db.open_tree(t).unwrap())
+        .collect();
+    let (a, b, c, d) = (&trees[0], &trees[1], &trees[2], &trees[3]);
+    let start = Instant::now();
+    for i in 0..n {
+        let r = record(i);
+        (a, b, c, d)
+            .transaction(|(a, b, c, d)| {
+                a.insert(&i.to_be_bytes(), r.as_slice())?;
+                b.insert(&i.to_be_bytes(), &i.to_be_bytes())?;
+                c.insert(&r[..19], &i.to_be_bytes())?;
+                d.insert(&(i % 1000).to_be_bytes(), r.as_slice())?;
+                Ok::<_, sled::transaction::ConflictableTransactionError<()>>(())
+            })
+            .unwrap();
+        db.flush().unwrap();
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+fn one_tree_batches(n: u64, group: u64) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sled::open(dir.path()).unwrap();
+    let t = db.open_tree("lianxi").unwrap();
+    let start = Instant::now();
+    let mut i = 0;
+    while i < n {
+        let mut batch = sled::Batch::default();
+        for j in i..(i + group).min(n) {
+            let r = record(j);
+            let mut k = vec![b'L'];
+            k.extend_from_slice(&j.to_be_bytes());
+            batch.insert(k, r.as_slice());
+            let mut k = vec![b'C'];
+            k.extend_from_slice(&j.to_be_bytes());
+            batch.insert(k, &j.to_be_bytes());
+            let mut k = vec![b'D'];
+            k.extend_from_slice(&r[..19]);
+            batch.insert(k, &j.to_be_bytes());
+            let mut k = vec![b'V'];
+            k.extend_from_slice(&(j % 1000).to_be_bytes());
+            batch.insert(k, r.as_slice());
+        }
+        t.apply_batch(batch).unwrap();
+        db.flush().unwrap();
+        i += group;
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+fn append_group(n: u64, group: usize) -> f64 {
+    use lianxi_log::{Incoming, Log};
+    use lianxi_proto::v1::{self as pb, Agency, Event, event::Body};
+    use prost::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), lianxi_domain::Policy::default()).unwrap();
+    let ts = |s: i64| {
+        Some(lianxi_proto::Timestamp {
+            seconds: s,
+            nanos: 0,
+        })
+    };
+    let cases = 1000u64;
+    let msgs: Vec<Incoming> = (0..n)
+        .map(|i| {
+            let case = format!("C-{}", i % cases);
+            let body = if i < cases {
+                Body::CaseOpened(pb::CaseOpened {
+                    channel: pb::Channel::Hotline12338 as i32,
+                    category: pb::Category::DomesticViolence as i32,
+                    jurisdiction: "330100/330106".into(),
+                    level: pb::Level::County as i32,
+                    person_ref: format!("P-{i}"),
+                    summary: "caller reports violence at home; two children".into(),
+                    mandatory_reporter: String::new(),
+                })
+            } else {
+                Body::ProgressReported(pb::ProgressReported {
+                    summary: "called back; she is safe at her sister's home for now".into(),
+                })
+            };
+            let e = Event {
+                event_id: format!("ev-{i:010}"),
+                case_id: case.clone(),
+                agency: Agency::WomensFederation as i32,
+                occurred_at: ts(1_790_000_000 + i as i64),
+                corrects_event_id: None,
+                body: Some(body),
+            };
+            Incoming {
+                stream_sequence: i + 1,
+                subject: format!("lianxi.v1.events.womens_federation.{case}"),
+                recorded_at: lianxi_proto::Timestamp {
+                    seconds: 1_790_000_000 + i as i64,
+                    nanos: 0,
+                },
+                payload: e.encode_to_vec(),
+            }
+        })
+        .collect();
+    let start = Instant::now();
+    for chunk in msgs.chunks(group) {
+        log.append_group(chunk).unwrap();
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    assert_eq!(log.checkpoint().global_sequence, n);
+    rate
+}
+
+fn main() {
+    let n: u64 = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20_000);
+    println!("machine: {}", machine());
+    println!("events: {n}, 4 records per event, ~300-byte values, one flush per commit\n");
+    let small = (n / 10).max(500);
+    let tx = multi_tree_per_event(small);
+    println!(
+        "{:<52} {:>10.0} events/s  ({small} events)",
+        "4-tree transaction per event", tx
+    );
+    let b1 = one_tree_batches(small, 1);
+    println!(
+        "{:<52} {:>10.0} events/s  ({:.1}x)",
+        "1-tree batch per event",
+        b1,
+        b1 / tx
+    );
+    for g in [100, 512] {
+        let r = one_tree_batches(n, g);
+        println!(
+            "{:<52} {:>10.0} events/s  ({:.1}x)",
+            format!("1-tree batch per {g} events"),
+            r,
+            r / tx
+        );
+    }
+    for g in [1, 100, 512] {
+        let events = if g == 1 { small } else { n };
+        let r = append_group(events, g);
+        println!(
+            "{:<52} {:>10.0} events/s  ({:.1}x)",
+            format!("Log::append_group, groups of {g} (validate+hash+view)"),
+            r,
+            r / tx
+        );
+    }
+}

@@ -1,0 +1,47 @@
+use thiserror::Error;
+
+/// Errors of the log. Storage corruption is its own variant and is reported,
+/// never unwrapped.
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error("storage error: {0}")]
+    Storage(#[from] sled::Error),
+    #[error(
+        "the data directory {path} is in use by another lianxi process (or cannot be locked); stop `lianxi serve` before running this command"
+    )]
+    Locked { path: String },
+    #[error("log corrupted at {at}: {detail}")]
+    Corruption { at: Location, detail: String },
+}
+
+/// Where corruption was found, so an operator knows which entry to inspect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// A log entry, by global sequence.
+    Entry(u64),
+    /// A case view, by case id.
+    View(String),
+    /// The per-case index of a case, by case id and case sequence.
+    CaseIndex(String, u64),
+    /// The dedup index, by event id.
+    Dedup(String),
+    /// The checkpoint record.
+    Checkpoint,
+    /// Another record, by its key in hex.
+    Key(String),
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Entry(s) => write!(f, "log entry {s}"),
+            Location::View(c) => write!(f, "view of case {c}"),
+            Location::CaseIndex(c, s) => write!(f, "case index {c}#{s}"),
+            Location::Dedup(e) => write!(f, "dedup entry for event {e}"),
+            Location::Checkpoint => write!(f, "checkpoint"),
+            Location::Key(k) => write!(f, "key {k}"),
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

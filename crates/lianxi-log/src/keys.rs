@@ -1,0 +1,52 @@
+//! Key layout of the single sled tree. One byte of prefix per record kind;
+//! numbers are big-endian so that sled's byte order is numeric order.
+
+/// `L` + global sequence -> `LogEntry`.
+pub(crate) const ENTRY: u8 = b'L';
+/// `C` + case id + 0x00 + case sequence -> global sequence.
+pub(crate) const CASE_INDEX: u8 = b'C';
+/// `D` + event id -> global sequence. Permanent: the idempotency key.
+pub(crate) const DEDUP: u8 = b'D';
+/// `V` + case id -> `CaseView`.
+pub(crate) const VIEW: u8 = b'V';
+/// `R` + stream sequence -> `RejectionRecord`.
+pub(crate) const REJECTION: u8 = b'R';
+/// `U` + stream sequence -> `DuplicateRecord`.
+pub(crate) const DUPLICATE: u8 = b'U';
+/// `P` + person ref -> latest case opened for that person (derived, rebuilt).
+pub(crate) const PERSON: u8 = b'P';
+/// `M` + name -> metadata: the checkpoint.
+pub(crate) const CHECKPOINT: &[u8] = b"Mcheckpoint";
+
+pub(crate) fn seq(prefix: u8, n: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = prefix;
+    k[1..].copy_from_slice(&n.to_be_bytes());
+    k
+}
+
+pub(crate) fn named(prefix: u8, name: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + name.len());
+    k.push(prefix);
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+/// Case ids never contain 0x00 (the domain allows `[A-Za-z0-9_-]`), so the
+/// separator keeps one case's prefix from matching another's.
+pub(crate) fn case_prefix(case_id: &str) -> Vec<u8> {
+    let mut k = named(CASE_INDEX, case_id);
+    k.push(0);
+    k
+}
+
+pub(crate) fn case_index(case_id: &str, case_seq: u64) -> Vec<u8> {
+    let mut k = case_prefix(case_id);
+    k.extend_from_slice(&case_seq.to_be_bytes());
+    k
+}
+
+pub(crate) fn be_u64(bytes: &[u8]) -> Option<u64> {
+    let arr: [u8; 8] = bytes.try_into().ok()?;
+    Some(u64::from_be_bytes(arr))
+}

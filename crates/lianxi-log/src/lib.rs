@@ -1,0 +1,20 @@
+//! The append-only, hash-chained case log, kept in sled. The only crate that
+//! knows sled.
+//!
+//! Everything lives in one sled tree under one-byte key prefixes, so that a
+//! whole group of events (entries, per-case index, dedup entries, views,
+//! rejections and the stream checkpoint) is written by one atomic
+//! `apply_batch` and one flush. A multi-tree transaction per event measured
+//! about 10x slower on this stack (see ARCHITECTURE.md).
+
+#![forbid(unsafe_code)]
+
+mod error;
+mod keys;
+mod log;
+
+pub use error::{Error, Location, Result};
+pub use log::{
+    EventOutcome, GroupReport, Incoming, Log, MAX_EVENT_BYTES, RebuildReport, VerifyReport,
+    entry_hash,
+};

@@ -1,0 +1,784 @@
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use lianxi_domain::{Context, EntryMeta, Policy, PriorCase, Rejection};
+use lianxi_proto::Timestamp;
+use lianxi_proto::v1::{
+    CaseView, Checkpoint, DuplicateRecord, Event, LogEntry, RejectionCode, RejectionRecord,
+    event::Body,
+};
+use prost::Message;
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Location, Result};
+use crate::keys;
+
+/// The largest event the node accepts, in bytes. Larger messages are
+/// rejected (and kept, cut to this size) rather than stored.
+pub const MAX_EVENT_BYTES: usize = 64 * 1024;
+
+/// Domain separation for entry hashes, so a log entry's hash can never be
+/// confused with a hash of anything else.
+const ENTRY_HASH_DOMAIN: &[u8] = b"lianxi.v1.LogEntry\0";
+
+/// One message as read from the stream.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    pub stream_sequence: u64,
+    pub subject: String,
+    /// The stream's record time of the message: identical on every node.
+    pub recorded_at: Timestamp,
+    pub payload: Vec<u8>,
+}
+
+/// What became of one incoming message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EventOutcome {
+    Accepted {
+        event_id: String,
+        case_id: String,
+        global_sequence: u64,
+        case_sequence: u64,
+        hash: [u8; 32],
+    },
+    Duplicate {
+        event_id: String,
+        original_global_sequence: u64,
+    },
+    Rejected {
+        event_id: Option<String>,
+        code: RejectionCode,
+        reason: String,
+    },
+    /// At or below the checkpoint: already processed before a restart.
+    AlreadyProcessed,
+}
+
+/// The outcomes of one group, in input order, and the checkpoint after it.
+#[derive(Debug, Clone)]
+pub struct GroupReport {
+    pub outcomes: Vec<(u64, EventOutcome)>,
+    pub checkpoint: Checkpoint,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RebuildReport {
+    pub entries: u64,
+    pub cases: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub entries: u64,
+    pub cases: u64,
+    pub last_hash: [u8; 32],
+}
+
+/// The log of one node. Cheap to clone; reads run concurrently, appends are
+/// serialised through one writer.
+#[derive(Clone)]
+pub struct Log {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: sled::Db,
+    tree: sled::Tree,
+    policy: Policy,
+    /// The single writer's state: the checkpoint as of the last flushed group.
+    writer: Mutex<Checkpoint>,
+}
+
+/// Computes an entry's hash: SHA-256 over the domain tag and the entry
+/// encoded with an empty `hash` field.
+pub fn entry_hash(entry: &LogEntry) -> [u8; 32] {
+    let mut unhashed = entry.clone();
+    unhashed.hash.clear();
+    let mut h = Sha256::new();
+    h.update(ENTRY_HASH_DOMAIN);
+    h.update(unhashed.encode_to_vec());
+    h.finalize().into()
+}
+
+impl Log {
+    /// Opens (or creates) the log in `path` with the deadline `policy`. Views
+    /// depend on the policy: every node reading one stream must use the same.
+    pub fn open(path: &Path, policy: Policy) -> Result<Log> {
+        let db = sled::Config::new().path(path).open().map_err(|e| match e {
+            sled::Error::Io(ref io) if io.kind() == std::io::ErrorKind::WouldBlock => {
+                Error::Locked {
+                    path: path.display().to_string(),
+                }
+            }
+            sled::Error::Io(ref io) if io.to_string().contains("lock") => Error::Locked {
+                path: path.display().to_string(),
+            },
+            other => Error::Storage(other),
+        })?;
+        let tree = db.open_tree("lianxi.v1")?;
+        let checkpoint = match tree.get(keys::CHECKPOINT)? {
+            Some(b) => Checkpoint::decode(b.as_ref()).map_err(|e| Error::Corruption {
+                at: Location::Checkpoint,
+                detail: e.to_string(),
+            })?,
+            None => Checkpoint {
+                stream_sequence: 0,
+                global_sequence: 0,
+                last_hash: vec![0; 32],
+            },
+        };
+        Ok(Log {
+            inner: Arc::new(Inner {
+                db,
+                tree,
+                policy,
+                writer: Mutex::new(checkpoint),
+            }),
+        })
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.inner.policy
+    }
+
+    /// The checkpoint as of the last flushed group.
+    pub fn checkpoint(&self) -> Checkpoint {
+        self.writer().clone()
+    }
+
+    fn writer(&self) -> MutexGuard<'_, Checkpoint> {
+        // A panic while holding the lock cannot leave a half-written group:
+        // the checkpoint is only replaced after the batch is flushed.
+        self.inner
+            .writer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Applies a group of messages in stream order: validates each against
+    /// the current views, then writes every accepted entry, index, dedup
+    /// entry, view, rejection and duplicate record and the new checkpoint in
+    /// one atomic batch, and flushes it before returning. Messages at or below
+    /// the checkpoint are reported as already processed and change nothing.
+    pub fn append_group(&self, group: &[Incoming]) -> Result<GroupReport> {
+        let mut cp = self.writer();
+        let mut work = Group::new(self, cp.clone());
+        let mut outcomes = Vec::with_capacity(group.len());
+        for msg in group {
+            let outcome = work.process(msg)?;
+            outcomes.push((msg.stream_sequence, outcome));
+        }
+        let (batch, next) = work.finish();
+        if next != *cp {
+            self.inner.tree.apply_batch(batch)?;
+            self.inner.db.flush()?;
+            *cp = next;
+        }
+        Ok(GroupReport {
+            outcomes,
+            checkpoint: cp.clone(),
+        })
+    }
+
+    /// The current view of a case.
+    pub fn case_view(&self, case_id: &str) -> Result<Option<CaseView>> {
+        read_view(&self.inner.tree, case_id)
+    }
+
+    /// One entry by global sequence.
+    pub fn entry(&self, global_sequence: u64) -> Result<Option<LogEntry>> {
+        read_entry(&self.inner.tree, global_sequence)
+    }
+
+    /// Entries of one case with a case sequence above `after`, at most `limit`.
+    pub fn case_entries(&self, case_id: &str, after: u64, limit: usize) -> Result<Vec<LogEntry>> {
+        let start = keys::case_index(case_id, after.saturating_add(1));
+        let prefix = keys::case_prefix(case_id);
+        let mut out = Vec::new();
+        for item in self.inner.tree.range(start..) {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = item?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let gseq = keys::be_u64(&v).ok_or_else(|| Error::Corruption {
+                at: Location::Key(hex::encode(&k)),
+                detail: "case index value is not a sequence".into(),
+            })?;
+            let entry = read_entry(&self.inner.tree, gseq)?.ok_or_else(|| Error::Corruption {
+                at: Location::Entry(gseq),
+                detail: format!("indexed by case {case_id} but missing"),
+            })?;
+            out.push(entry);
+        }
+        Ok(out)
+    }
+
+    /// Every stored view, in case-id order, as stored bytes.
+    pub fn view_bytes(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        let mut out = Vec::new();
+        for item in self.inner.tree.scan_prefix([keys::VIEW]) {
+            let (k, v) = item?;
+            let case = String::from_utf8_lossy(&k[1..]).into_owned();
+            out.push((case, v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Rejected messages, in stream order, after `after_stream_sequence`.
+    pub fn rejections(
+        &self,
+        after_stream_sequence: u64,
+        limit: usize,
+    ) -> Result<Vec<RejectionRecord>> {
+        let start = keys::seq(keys::REJECTION, after_stream_sequence.saturating_add(1));
+        let mut out = Vec::new();
+        for item in self.inner.tree.range(start..) {
+            let (k, v) = item?;
+            if k.first() != Some(&keys::REJECTION) || out.len() >= limit {
+                break;
+            }
+            out.push(
+                RejectionRecord::decode(v.as_ref()).map_err(|e| Error::Corruption {
+                    at: Location::Key(hex::encode(&k)),
+                    detail: e.to_string(),
+                })?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Duplicate messages, in stream order.
+    pub fn duplicates(
+        &self,
+        after_stream_sequence: u64,
+        limit: usize,
+    ) -> Result<Vec<DuplicateRecord>> {
+        let start = keys::seq(keys::DUPLICATE, after_stream_sequence.saturating_add(1));
+        let mut out = Vec::new();
+        for item in self.inner.tree.range(start..) {
+            let (k, v) = item?;
+            if k.first() != Some(&keys::DUPLICATE) || out.len() >= limit {
+                break;
+            }
+            out.push(
+                DuplicateRecord::decode(v.as_ref()).map_err(|e| Error::Corruption {
+                    at: Location::Key(hex::encode(&k)),
+                    detail: e.to_string(),
+                })?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Recreates every view (and the person index they depend on) from the
+    /// log alone, and replaces the stored ones in one atomic batch.
+    pub fn rebuild(&self) -> Result<RebuildReport> {
+        let _writer = self.writer();
+        let tree = &self.inner.tree;
+        let mut views: BTreeMap<String, CaseView> = BTreeMap::new();
+        let mut persons: BTreeMap<String, PriorCase> = BTreeMap::new();
+        let mut entries = 0u64;
+        for item in tree.scan_prefix([keys::ENTRY]) {
+            let (k, v) = item?;
+            let entry = decode_entry(&k, &v)?;
+            let event = entry.event.clone().unwrap_or_default();
+            let prior = person_key(&event).and_then(|p| persons.get(p)).cloned();
+            let ctx = Context {
+                policy: &self.inner.policy,
+                prior_case: prior.as_ref(),
+            };
+            let meta = EntryMeta {
+                global_sequence: entry.global_sequence,
+                case_sequence: entry.case_sequence,
+                recorded_at: entry.recorded_at.unwrap_or_default(),
+            };
+            let view = views.remove(&event.case_id);
+            let view = lianxi_domain::apply(&ctx, view, &event, &meta);
+            if let Some(p) = person_key(&event) {
+                persons.insert(p.to_owned(), prior_of(&view));
+            }
+            views.insert(event.case_id.clone(), view);
+            entries += 1;
+        }
+        let mut batch = sled::Batch::default();
+        for prefix in [keys::VIEW, keys::PERSON] {
+            for item in tree.scan_prefix([prefix]) {
+                let (k, _) = item?;
+                batch.remove(k);
+            }
+        }
+        for (case, view) in &views {
+            batch.insert(keys::named(keys::VIEW, case), view.encode_to_vec());
+        }
+        for (person, prior) in &persons {
+            batch.insert(keys::named(keys::PERSON, person), encode_prior(prior));
+        }
+        tree.apply_batch(batch)?;
+        self.inner.db.flush()?;
+        Ok(RebuildReport {
+            entries,
+            cases: views.len() as u64,
+        })
+    }
+
+    /// Checks the whole log: dense global and case sequences, each entry's
+    /// hash and its link to the previous one, the per-case index and dedup
+    /// index pointing at the right entries, and the checkpoint at the end.
+    pub fn verify(&self) -> Result<VerifyReport> {
+        let tree = &self.inner.tree;
+        let mut prev = [0u8; 32];
+        let mut expected = 1u64;
+        let mut case_seqs: HashMap<String, u64> = HashMap::new();
+        for item in tree.scan_prefix([keys::ENTRY]) {
+            let (k, v) = item?;
+            let entry = decode_entry(&k, &v)?;
+            let at = Location::Entry(expected);
+            let corrupt = |detail: String| Error::Corruption {
+                at: at.clone(),
+                detail,
+            };
+            if entry.global_sequence != expected {
+                return Err(corrupt(format!(
+                    "expected global sequence {expected}, found {}",
+                    entry.global_sequence
+                )));
+            }
+            if entry.prev_hash != prev {
+                return Err(corrupt(format!(
+                    "previous-hash link broken: entry says {}, previous entry hashes to {}",
+                    hex::encode(&entry.prev_hash),
+                    hex::encode(prev)
+                )));
+            }
+            let hash = entry_hash(&entry);
+            if entry.hash != hash {
+                return Err(corrupt(format!(
+                    "content does not match its hash: stored {}, computed {}",
+                    hex::encode(&entry.hash),
+                    hex::encode(hash)
+                )));
+            }
+            let event = entry
+                .event
+                .as_ref()
+                .ok_or_else(|| corrupt("no event".into()))?;
+            let case_seq = case_seqs.entry(event.case_id.clone()).or_insert(0);
+            *case_seq += 1;
+            if entry.case_sequence != *case_seq {
+                return Err(corrupt(format!(
+                    "expected case sequence {} of case {}, found {}",
+                    case_seq, event.case_id, entry.case_sequence
+                )));
+            }
+            let indexed = tree.get(keys::case_index(&event.case_id, *case_seq))?;
+            if indexed.as_deref().and_then(keys::be_u64) != Some(expected) {
+                return Err(Error::Corruption {
+                    at: Location::CaseIndex(event.case_id.clone(), *case_seq),
+                    detail: format!("does not point at entry {expected}"),
+                });
+            }
+            let dedup = tree.get(keys::named(keys::DEDUP, &event.event_id))?;
+            if dedup.as_deref().and_then(keys::be_u64) != Some(expected) {
+                return Err(Error::Corruption {
+                    at: Location::Dedup(event.event_id.clone()),
+                    detail: format!("does not point at entry {expected}"),
+                });
+            }
+            prev = hash;
+            expected += 1;
+        }
+        let entries = expected - 1;
+        let cp = self.checkpoint();
+        if cp.global_sequence != entries || cp.last_hash != prev {
+            return Err(Error::Corruption {
+                at: Location::Checkpoint,
+                detail: format!(
+                    "checkpoint says {} entries ending in {}, the log has {} ending in {}",
+                    cp.global_sequence,
+                    hex::encode(&cp.last_hash),
+                    entries,
+                    hex::encode(prev)
+                ),
+            });
+        }
+        Ok(VerifyReport {
+            entries,
+            cases: case_seqs.len() as u64,
+            last_hash: prev,
+        })
+    }
+
+    /// The raw tree, for tests in this crate that tamper with storage.
+    #[cfg(test)]
+    pub(crate) fn tree(&self) -> &sled::Tree {
+        &self.inner.tree
+    }
+}
+
+/// The in-memory state of one group being built: an overlay over the tree,
+/// so that later events in the group see earlier ones.
+struct Group<'a> {
+    log: &'a Log,
+    cp: Checkpoint,
+    batch: sled::Batch,
+    views: HashMap<String, CaseView>,
+    dedup: HashMap<String, u64>,
+    persons: HashMap<String, PriorCase>,
+    events: HashMap<String, Event>,
+}
+
+impl<'a> Group<'a> {
+    fn new(log: &'a Log, cp: Checkpoint) -> Self {
+        Group {
+            log,
+            cp,
+            batch: sled::Batch::default(),
+            views: HashMap::new(),
+            dedup: HashMap::new(),
+            persons: HashMap::new(),
+            events: HashMap::new(),
+        }
+    }
+
+    fn tree(&self) -> &sled::Tree {
+        &self.log.inner.tree
+    }
+
+    fn finish(mut self) -> (sled::Batch, Checkpoint) {
+        // Views are written once per group, not once per event.
+        for (case, view) in &self.views {
+            self.batch
+                .insert(keys::named(keys::VIEW, case), view.encode_to_vec());
+        }
+        for (person, prior) in &self.persons {
+            self.batch
+                .insert(keys::named(keys::PERSON, person), encode_prior(prior));
+        }
+        self.batch.insert(keys::CHECKPOINT, self.cp.encode_to_vec());
+        (self.batch, self.cp)
+    }
+
+    fn process(&mut self, msg: &Incoming) -> Result<EventOutcome> {
+        if msg.stream_sequence <= self.cp.stream_sequence {
+            return Ok(EventOutcome::AlreadyProcessed);
+        }
+        self.cp.stream_sequence = msg.stream_sequence;
+        // Order matters: an event that decodes and is well-formed is first
+        // looked up by id, so a re-sent event is a duplicate (pointing at the
+        // original) rather than a rule violation against the later state.
+        let checked = match envelope(msg) {
+            Ok(event) => match self.dedup_lookup(&event.event_id)? {
+                Some(original) => return Ok(self.duplicate(msg, event, original)),
+                None => self.decide(event)?,
+            },
+            Err(rejected) => Err(rejected),
+        };
+        match checked {
+            Ok(event) => self.accept(msg, event),
+            Err(refused) => {
+                let (event, rejection) = *refused;
+                Ok(self.reject(msg, event, rejection))
+            }
+        }
+    }
+
+    fn duplicate(&mut self, msg: &Incoming, event: Event, original: u64) -> EventOutcome {
+        let record = DuplicateRecord {
+            stream_sequence: msg.stream_sequence,
+            subject: msg.subject.clone(),
+            recorded_at: Some(msg.recorded_at),
+            event_id: event.event_id.clone(),
+            original_global_sequence: original,
+        };
+        self.batch.insert(
+            &keys::seq(keys::DUPLICATE, msg.stream_sequence),
+            record.encode_to_vec(),
+        );
+        EventOutcome::Duplicate {
+            event_id: event.event_id,
+            original_global_sequence: original,
+        }
+    }
+
+    fn reject(
+        &mut self,
+        msg: &Incoming,
+        event: Option<Event>,
+        rejection: Rejection,
+    ) -> EventOutcome {
+        let record = RejectionRecord {
+            stream_sequence: msg.stream_sequence,
+            subject: msg.subject.clone(),
+            recorded_at: Some(msg.recorded_at),
+            code: rejection.code as i32,
+            reason: rejection.reason.clone(),
+            raw: msg.payload[..msg.payload.len().min(MAX_EVENT_BYTES)].to_vec(),
+            event_id: event
+                .as_ref()
+                .map(|e| e.event_id.clone())
+                .unwrap_or_default(),
+            case_id: event
+                .as_ref()
+                .map(|e| e.case_id.clone())
+                .unwrap_or_default(),
+            raw_len: msg.payload.len() as u64,
+        };
+        tracing::info!(
+            stream_sequence = msg.stream_sequence,
+            subject = %msg.subject,
+            code = ?rejection.code,
+            reason = %rejection.reason,
+            "event rejected"
+        );
+        self.batch.insert(
+            &keys::seq(keys::REJECTION, msg.stream_sequence),
+            record.encode_to_vec(),
+        );
+        EventOutcome::Rejected {
+            event_id: event.map(|e| e.event_id),
+            code: rejection.code,
+            reason: rejection.reason,
+        }
+    }
+
+    /// The state rules. The outer `Result` is a storage failure.
+    fn decide(&mut self, event: Event) -> Result<Checked> {
+        let view = self.view(&event.case_id)?;
+        let corrected = match &event.corrects_event_id {
+            Some(id) => self.find_event(id)?,
+            None => None,
+        };
+        let prior = self.prior(&event)?;
+        let ctx = Context {
+            policy: &self.log.inner.policy,
+            prior_case: prior.as_ref(),
+        };
+        Ok(
+            match lianxi_domain::decide(&ctx, view.as_ref(), &event, corrected.as_ref()) {
+                Ok(()) => Ok(event),
+                Err(r) => Err(Box::new((Some(event), r))),
+            },
+        )
+    }
+
+    fn accept(&mut self, msg: &Incoming, event: Event) -> Result<EventOutcome> {
+        let view = self.view(&event.case_id)?;
+        let prior = self.prior(&event)?;
+        let global_sequence = self.cp.global_sequence + 1;
+        let case_sequence = view.as_ref().map_or(0, |v| v.case_sequence) + 1;
+        let mut entry = LogEntry {
+            global_sequence,
+            case_sequence,
+            stream_sequence: msg.stream_sequence,
+            recorded_at: Some(msg.recorded_at),
+            prev_hash: self.cp.last_hash.clone(),
+            event: Some(event.clone()),
+            hash: Vec::new(),
+            subject: msg.subject.clone(),
+        };
+        let hash = entry_hash(&entry);
+        entry.hash = hash.to_vec();
+
+        let ctx = Context {
+            policy: &self.log.inner.policy,
+            prior_case: prior.as_ref(),
+        };
+        let meta = EntryMeta {
+            global_sequence,
+            case_sequence,
+            recorded_at: msg.recorded_at,
+        };
+        let view = lianxi_domain::apply(&ctx, view, &event, &meta);
+        if let Some(p) = person_key(&event) {
+            self.persons.insert(p.to_owned(), prior_of(&view));
+        }
+        self.batch.insert(
+            &keys::seq(keys::ENTRY, global_sequence),
+            entry.encode_to_vec(),
+        );
+        self.batch.insert(
+            keys::case_index(&event.case_id, case_sequence),
+            &global_sequence.to_be_bytes(),
+        );
+        self.batch.insert(
+            keys::named(keys::DEDUP, &event.event_id),
+            &global_sequence.to_be_bytes(),
+        );
+        self.views.insert(event.case_id.clone(), view);
+        self.dedup.insert(event.event_id.clone(), global_sequence);
+        self.cp.global_sequence = global_sequence;
+        self.cp.last_hash = hash.to_vec();
+        tracing::debug!(
+            case_id = %event.case_id,
+            global_sequence,
+            case_sequence,
+            event_id = %event.event_id,
+            "event accepted"
+        );
+        let outcome = EventOutcome::Accepted {
+            event_id: event.event_id.clone(),
+            case_id: event.case_id.clone(),
+            global_sequence,
+            case_sequence,
+            hash,
+        };
+        self.events.insert(event.event_id.clone(), event);
+        Ok(outcome)
+    }
+
+    fn view(&self, case_id: &str) -> Result<Option<CaseView>> {
+        match self.views.get(case_id) {
+            Some(v) => Ok(Some(v.clone())),
+            None => read_view(self.tree(), case_id),
+        }
+    }
+
+    fn dedup_lookup(&self, event_id: &str) -> Result<Option<u64>> {
+        if let Some(g) = self.dedup.get(event_id) {
+            return Ok(Some(*g));
+        }
+        Ok(self
+            .tree()
+            .get(keys::named(keys::DEDUP, event_id))?
+            .as_deref()
+            .and_then(keys::be_u64))
+    }
+
+    fn find_event(&self, event_id: &str) -> Result<Option<Event>> {
+        if let Some(e) = self.events.get(event_id) {
+            return Ok(Some(e.clone()));
+        }
+        match self.dedup_lookup(event_id)? {
+            Some(g) => Ok(read_entry(self.tree(), g)?.and_then(|e| e.event)),
+            None => Ok(None),
+        }
+    }
+
+    fn prior(&self, event: &Event) -> Result<Option<PriorCase>> {
+        let Some(p) = person_key(event) else {
+            return Ok(None);
+        };
+        if let Some(prior) = self.persons.get(p) {
+            return Ok(Some(prior.clone()));
+        }
+        match self.tree().get(keys::named(keys::PERSON, p))? {
+            Some(b) => decode_prior(&b).map(Some).ok_or_else(|| Error::Corruption {
+                at: Location::Key(hex::encode(keys::named(keys::PERSON, p))),
+                detail: "person index record is malformed".into(),
+            }),
+            None => Ok(None),
+        }
+    }
+}
+
+/// An event that passed, or the reason it did not (with the event when it
+/// decoded).
+type Checked = std::result::Result<Event, Box<(Option<Event>, Rejection)>>;
+
+/// Size, decoding and the structural checks that need no state.
+fn envelope(msg: &Incoming) -> Checked {
+    if msg.payload.len() > MAX_EVENT_BYTES {
+        return Err(Box::new((
+            None,
+            Rejection {
+                code: RejectionCode::TooLarge,
+                reason: format!(
+                    "the event is {} bytes, more than the {} bytes a node accepts; move attachments out of the event and publish it again under a new event id",
+                    msg.payload.len(),
+                    MAX_EVENT_BYTES
+                ),
+            },
+        )));
+    }
+    let event = Event::decode(msg.payload.as_slice()).map_err(|e| {
+        Box::new((
+            None,
+            Rejection {
+                code: RejectionCode::Malformed,
+                reason: format!(
+                    "the message is not a protobuf lianxi.v1.Event ({e}); publish the binary encoding of lianxi.v1.Event"
+                ),
+            },
+        ))
+    })?;
+    match lianxi_domain::check_envelope(&msg.subject, &event) {
+        Ok(()) => Ok(event),
+        Err(r) => Err(Box::new((Some(event), r))),
+    }
+}
+
+/// The person a case-opening event is about, if any; only openings (not
+/// corrections of them) move the person index.
+fn person_key(event: &Event) -> Option<&str> {
+    if event.corrects_event_id.is_some() {
+        return None;
+    }
+    match event.body {
+        Some(Body::CaseOpened(_)) => lianxi_domain::person_ref(event),
+        _ => None,
+    }
+}
+
+fn prior_of(view: &CaseView) -> PriorCase {
+    PriorCase {
+        case_id: view.case_id.clone(),
+        opened_at: view.opened_at.unwrap_or_default(),
+    }
+}
+
+fn encode_prior(p: &PriorCase) -> Vec<u8> {
+    let mut v = Vec::with_capacity(12 + p.case_id.len());
+    v.extend_from_slice(&p.opened_at.seconds.to_be_bytes());
+    v.extend_from_slice(&p.opened_at.nanos.to_be_bytes());
+    v.extend_from_slice(p.case_id.as_bytes());
+    v
+}
+
+fn decode_prior(b: &[u8]) -> Option<PriorCase> {
+    let seconds = i64::from_be_bytes(b.get(0..8)?.try_into().ok()?);
+    let nanos = i32::from_be_bytes(b.get(8..12)?.try_into().ok()?);
+    let case_id = String::from_utf8(b.get(12..)?.to_vec()).ok()?;
+    Some(PriorCase {
+        case_id,
+        opened_at: Timestamp { seconds, nanos },
+    })
+}
+
+fn read_view(tree: &sled::Tree, case_id: &str) -> Result<Option<CaseView>> {
+    match tree.get(keys::named(keys::VIEW, case_id))? {
+        Some(b) => CaseView::decode(b.as_ref())
+            .map(Some)
+            .map_err(|e| Error::Corruption {
+                at: Location::View(case_id.to_owned()),
+                detail: e.to_string(),
+            }),
+        None => Ok(None),
+    }
+}
+
+fn read_entry(tree: &sled::Tree, global_sequence: u64) -> Result<Option<LogEntry>> {
+    let key = keys::seq(keys::ENTRY, global_sequence);
+    match tree.get(key)? {
+        Some(b) => decode_entry(&key, &b).map(Some),
+        None => Ok(None),
+    }
+}
+
+fn decode_entry(key: &[u8], bytes: &[u8]) -> Result<LogEntry> {
+    let at = || {
+        key.get(1..)
+            .and_then(keys::be_u64)
+            .map_or_else(|| Location::Key(hex::encode(key)), Location::Entry)
+    };
+    LogEntry::decode(bytes).map_err(|e| Error::Corruption {
+        at: at(),
+        detail: format!("entry does not decode: {e}"),
+    })
+}
+
+#[cfg(test)]
+mod tests;

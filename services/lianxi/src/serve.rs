@@ -1,0 +1,183 @@
+//! `lianxi serve`: start-up and shutdown of a node.
+//!
+//! Shutdown order: stop taking work (ingest finishes and flushes the group in
+//! hand), stop the gRPC server, drop the log (sled flushes on drop).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use lianxi_api::CasesApi;
+use lianxi_ingest::IngestConfig;
+use lianxi_log::Log;
+use tokio::sync::watch;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+
+use crate::offline::load_policy;
+
+/// How long in-flight gRPC calls may take to finish on shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+pub(crate) struct ServeConfig {
+    pub(crate) nats_url: String,
+    pub(crate) data_dir: PathBuf,
+    pub(crate) policy: Option<PathBuf>,
+    pub(crate) grpc_addr: String,
+    pub(crate) batch_max: usize,
+    pub(crate) batch_delay_ms: u64,
+    pub(crate) stream_replicas: usize,
+}
+
+pub(crate) async fn run(config: ServeConfig) -> Result<()> {
+    let policy = load_policy(config.policy.as_deref())?;
+    std::fs::create_dir_all(&config.data_dir).with_context(|| {
+        format!(
+            "cannot create the data directory {}",
+            config.data_dir.display()
+        )
+    })?;
+    let log = Log::open(&config.data_dir, policy)
+        .with_context(|| format!("cannot open the log in {}", config.data_dir.display()))?;
+    let cp = log.checkpoint();
+    tracing::info!(
+        data_dir = %config.data_dir.display(),
+        stream_sequence = cp.stream_sequence,
+        global_sequence = cp.global_sequence,
+        "log opened"
+    );
+
+    let client = async_nats::ConnectOptions::new()
+        .name("lianxi-node")
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(5))
+        .connect(&config.nats_url)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot reach NATS at {}; is nats-server running (with -js)? set --nats-url or LIANXI_NATS_URL",
+                config.nats_url
+            )
+        })?;
+    let js = async_nats::jetstream::new(client);
+    // Create the stream before serving, so a misconfigured server is a
+    // start-up error rather than a retry loop.
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        lianxi_ingest::ensure_stream(&js, config.stream_replicas),
+    )
+    .await
+    .with_context(|| format!("NATS at {} did not answer within 30 s", config.nats_url))??;
+
+    let listener = tokio::net::TcpListener::bind(&config.grpc_addr)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} for gRPC; is another node running there? set --grpc-addr or LIANXI_GRPC_ADDR",
+                config.grpc_addr
+            )
+        })?;
+    let local = listener.local_addr()?;
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (applied_tx, _applied_rx) = watch::channel(None);
+    let ingest = tokio::spawn(lianxi_ingest::run(
+        js,
+        log.clone(),
+        IngestConfig {
+            batch_max: config.batch_max,
+            batch_delay: Duration::from_millis(config.batch_delay_ms),
+            stream_replicas: config.stream_replicas,
+        },
+        applied_tx,
+        shutdown_rx.clone(),
+    ));
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<lianxi_proto::v1::cases_server::CasesServer<CasesApi>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(lianxi_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building the reflection service")?;
+
+    let mut grpc_shutdown = shutdown_rx.clone();
+    let server = Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(CasesApi::new(log.clone()).into_server())
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            async move {
+                let _ = grpc_shutdown.wait_for(|stop| *stop).await;
+            },
+        );
+    let server = tokio::spawn(server);
+    tracing::info!(grpc = %local, nats = %config.nats_url, "lianxi node serving");
+    println!(
+        "lianxi node serving gRPC on {local}, reading NATS at {}",
+        config.nats_url
+    );
+
+    let mut ingest = ingest;
+    let ingest_result = tokio::select! {
+        _ = shutdown_signal() => {
+            tracing::info!("shutting down: finishing the group in hand");
+            let _ = shutdown_tx.send(true);
+            ingest.await
+        }
+        r = &mut ingest => {
+            let _ = shutdown_tx.send(true);
+            r
+        }
+    };
+    // Graceful shutdown waits for open client connections to go away; a
+    // watching client may never leave, so in-flight calls get a grace period.
+    let mut server = server;
+    if tokio::time::timeout(SHUTDOWN_GRACE, &mut server)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            grace_s = SHUTDOWN_GRACE.as_secs(),
+            "clients still connected after the grace period; closing their connections"
+        );
+        server.abort();
+    }
+    let cp = log.checkpoint();
+    drop(log);
+    tracing::info!(
+        stream_sequence = cp.stream_sequence,
+        global_sequence = cp.global_sequence,
+        "node stopped"
+    );
+    ingest_result
+        .context("the ingest task panicked")?
+        .context("ingest stopped")?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,529 @@
+//! End-to-end: a real nats-server per test, the real `lianxi` binary as the
+//! node with real sled files, events published through the real NATS client,
+//! and answers read through real gRPC. Nothing is mocked.
+
+mod support;
+
+use std::time::Duration;
+
+use async_nats::jetstream::message::PublishMessage as Publish;
+use lianxi_proto::Timestamp;
+use lianxi_proto::v1::{
+    self as pb, Agency, Event, GetCaseRequest, GetTimelineRequest, event::Body,
+};
+use prost::Message;
+use support::{Nats, Node, case_after, lianxi};
+
+fn at(seconds: i64) -> Option<Timestamp> {
+    Some(Timestamp { seconds, nanos: 0 })
+}
+
+const T0: i64 = 1_793_000_000; // 2026-10-26
+
+fn event(id: &str, case: &str, agency: Agency, t: i64, body: Body) -> Event {
+    Event {
+        event_id: id.into(),
+        case_id: case.into(),
+        agency: agency as i32,
+        occurred_at: at(t),
+        corrects_event_id: None,
+        body: Some(body),
+    }
+}
+
+fn opened(id: &str, case: &str, agency: Agency, t: i64) -> Event {
+    event(
+        id,
+        case,
+        agency,
+        t,
+        Body::CaseOpened(pb::CaseOpened {
+            channel: pb::Channel::Hotline12338 as i32,
+            category: pb::Category::DomesticViolence as i32,
+            jurisdiction: "330100/330106".into(),
+            level: pb::Level::County as i32,
+            person_ref: format!("P-{case}"),
+            summary: "caller reports violence at home".into(),
+            mandatory_reporter: String::new(),
+        }),
+    )
+}
+
+/// The subject an agency publishes on, written out here (not taken from the
+/// domain crate) so the test also checks the documented contract.
+fn subject(e: &Event) -> String {
+    let agency = match Agency::try_from(e.agency).unwrap() {
+        Agency::PoliticalLegalCommittee => "political_legal_committee",
+        Agency::Police => "police",
+        Agency::Court => "court",
+        Agency::CivilAffairs => "civil_affairs",
+        Agency::Labour => "labour",
+        Agency::WomensFederation => "womens_federation",
+        Agency::JusticeBureau => "justice_bureau",
+        Agency::Unspecified => "unspecified",
+    };
+    format!("lianxi.v1.events.{agency}.{}", e.case_id)
+}
+
+async fn publish_raw(js: &async_nats::jetstream::Context, subject: &str, payload: Vec<u8>) -> u64 {
+    js.publish(subject.to_owned(), payload.into())
+        .await
+        .expect("publish")
+        .await
+        .expect("stored by JetStream")
+        .sequence
+}
+
+async fn publish(js: &async_nats::jetstream::Context, e: &Event) -> u64 {
+    js.send_publish(
+        subject(e),
+        Publish::build()
+            .payload(e.encode_to_vec().into())
+            .message_id(e.event_id.clone()),
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("stored by JetStream")
+    .sequence
+}
+
+/// Waits until the node has created the events stream.
+async fn wait_for_stream(js: &async_nats::jetstream::Context) {
+    for _ in 0..500 {
+        if js.get_stream("LIANXI_EVENTS").await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the node did not create the LIANXI_EVENTS stream");
+}
+
+#[tokio::test]
+async fn a_case_travels_from_nats_through_the_log_to_grpc() {
+    let nats = Nats::start();
+    let data = tempfile::tempdir().unwrap();
+    let node = Node::start(&nats.url(), data.path());
+    let js = nats.jetstream().await;
+    wait_for_stream(&js).await;
+
+    let case = "DV-E2E-1";
+    let events = [
+        opened("e1", case, Agency::WomensFederation, T0),
+        event(
+            "e2",
+            case,
+            Agency::WomensFederation,
+            T0 + 600,
+            Body::RiskAssessed(pb::RiskAssessed {
+                level: pb::RiskLevel::High as i32,
+                score: 85,
+                factors: vec!["threats".into()],
+            }),
+        ),
+        event(
+            "e3",
+            case,
+            Agency::WomensFederation,
+            T0 + 900,
+            Body::ReferralIssued(pb::ReferralIssued {
+                referral_id: "R-1".into(),
+                to_agency: Agency::Court as i32,
+                reason: "protection order".into(),
+                due_at: None,
+                transfer_lead: false,
+            }),
+        ),
+        event(
+            "e4",
+            case,
+            Agency::Court,
+            T0 + 3600,
+            Body::ReferralAccepted(pb::ReferralAccepted {
+                referral_id: "R-1".into(),
+                note: String::new(),
+            }),
+        ),
+        event(
+            "e5",
+            case,
+            Agency::Court,
+            T0 + 4000,
+            Body::ProtectionOrderApplied(pb::ProtectionOrderApplied {
+                application_id: "PA-1".into(),
+                applicant: pb::Applicant::Victim as i32,
+                urgent: true,
+            }),
+        ),
+    ];
+    let mut last = 0;
+    for e in &events {
+        last = publish(&js, e).await;
+    }
+    let mut client = node.client().await;
+    let reply = case_after(&mut client, case, last).await;
+    let view = reply.view.expect("a view");
+    assert_eq!(view.case_id, case);
+    assert_eq!(view.case_sequence, 5);
+    assert_eq!(view.status, pb::CoordinatedStatus::InProgress as i32);
+    assert_eq!(view.first_contact, Agency::WomensFederation as i32);
+    let court = view
+        .agencies
+        .iter()
+        .find(|a| a.agency == Agency::Court as i32)
+        .expect("court involved");
+    assert_eq!(court.state, pb::InvolvementState::InProgress as i32);
+    assert!(view.flags.as_ref().unwrap().high_risk);
+    // An urgent application must be decided within 24 hours of the event.
+    let decision = view
+        .obligations
+        .iter()
+        .find(|o| o.kind == pb::ObligationKind::OrderDecision as i32)
+        .expect("an order-decision obligation");
+    assert_eq!(decision.due_at.unwrap().seconds, T0 + 4000 + 24 * 3600);
+    assert_eq!(decision.owner, Agency::Court as i32);
+
+    // "Overdue" is judged at the `now` the caller passes, not stored.
+    let later = client
+        .get_case(GetCaseRequest {
+            case_id: case.into(),
+            now: at(T0 + 4000 + 25 * 3600),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(later.overdue.iter().any(|o| o.id == decision.id));
+    let before = client
+        .get_case(GetCaseRequest {
+            case_id: case.into(),
+            now: at(T0 + 4000 + 3600),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!before.overdue.iter().any(|o| o.id == decision.id));
+
+    // The timeline, in pages, in order, chained.
+    let page = client
+        .get_timeline(GetTimelineRequest {
+            case_id: case.into(),
+            after_case_sequence: 0,
+            page_size: 3,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(page.entries.len(), 3);
+    assert_eq!(page.next_after_case_sequence, 3);
+    let rest = client
+        .get_timeline(GetTimelineRequest {
+            case_id: case.into(),
+            after_case_sequence: 3,
+            page_size: 3,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rest.next_after_case_sequence, 0);
+    let all: Vec<_> = page.entries.iter().chain(&rest.entries).collect();
+    let ids: Vec<&str> = all.iter().map(|e| e.event_id.as_str()).collect();
+    assert_eq!(ids, ["e1", "e2", "e3", "e4", "e5"]);
+    assert!(all.iter().all(|e| e.hash.len() == 64 && !e.line.is_empty()));
+    assert!(
+        all[2].line.contains("Court") || all[2].line.contains("court"),
+        "{}",
+        all[2].line
+    );
+    assert!(all.iter().all(|e| e.recorded_at.is_some()));
+
+    // Unknown and malformed case ids get clear errors.
+    let missing = client
+        .get_case(GetCaseRequest {
+            case_id: "NO-SUCH-CASE".into(),
+            now: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+    let bad = client
+        .get_case(GetCaseRequest {
+            case_id: "a.b".into(),
+            now: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+
+    // The standard health service answers for the Cases service.
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", node.grpc_addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let status = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "lianxi.v1.Cases".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        status.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+}
+
+#[tokio::test]
+async fn bad_input_is_rejected_with_a_reason_and_good_events_still_land() {
+    let nats = Nats::start();
+    let data = tempfile::tempdir().unwrap();
+    let node = Node::start(&nats.url(), data.path());
+    let js = nats.jetstream().await;
+    wait_for_stream(&js).await;
+    let case = "DV-E2E-2";
+    let good = opened("g1", case, Agency::Police, T0);
+    publish(&js, &good).await;
+
+    // Unparsable bytes.
+    publish_raw(
+        &js,
+        "lianxi.v1.events.police.DV-E2E-2",
+        vec![0xff, 0xff, 0xff, 0x00],
+    )
+    .await;
+    // An unknown agency in the subject.
+    publish_raw(&js, "lianxi.v1.events.army.DV-E2E-2", good.encode_to_vec()).await;
+    // A body that claims another agency than its subject.
+    publish_raw(&js, "lianxi.v1.events.court.DV-E2E-2", good.encode_to_vec()).await;
+    // Oversized.
+    let mut big = good.clone();
+    big.event_id = "big".into();
+    if let Some(Body::CaseOpened(o)) = &mut big.body {
+        o.summary = "x".repeat(100_000);
+    }
+    publish_raw(&js, &subject(&big), big.encode_to_vec()).await;
+    // A missing field: no event time.
+    let mut no_time = good.clone();
+    no_time.event_id = "no-time".into();
+    no_time.occurred_at = None;
+    publish_raw(&js, &subject(&no_time), no_time.encode_to_vec()).await;
+    // A rule broken: the court may not issue a police warning.
+    let warning = event(
+        "w1",
+        case,
+        Agency::Court,
+        T0,
+        Body::WrittenWarningIssued(pb::WrittenWarningIssued {
+            warning_id: "W".into(),
+            respondent_ref: "R".into(),
+            grounds: "g".into(),
+        }),
+    );
+    publish_raw(&js, &subject(&warning), warning.encode_to_vec()).await;
+
+    // Later good events still land, and a re-sent id is applied once.
+    let later = event(
+        "g2",
+        case,
+        Agency::Police,
+        T0 + 60,
+        Body::ProgressReported(pb::ProgressReported {
+            summary: "visited".into(),
+        }),
+    );
+    let seq = publish(&js, &later).await;
+    let dup_seq = publish_raw(&js, &subject(&good), good.encode_to_vec()).await;
+    assert!(dup_seq > seq);
+    let mut client = node.client().await;
+    let reply = case_after(&mut client, case, dup_seq).await;
+    assert_eq!(reply.view.unwrap().case_sequence, 2);
+
+    // Stop the node; every rejection is kept with its reason and raw bytes.
+    assert!(
+        node.stop().success(),
+        "the node should exit cleanly on SIGTERM"
+    );
+    let log = lianxi_log::Log::open(data.path(), lianxi_domain::Policy::default()).unwrap();
+    let rejected = log.rejections(0, 100).unwrap();
+    let codes: Vec<pb::RejectionCode> = rejected
+        .iter()
+        .map(|r| pb::RejectionCode::try_from(r.code).unwrap())
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            pb::RejectionCode::Malformed,
+            pb::RejectionCode::UnknownAgency,
+            pb::RejectionCode::AgencyMismatch,
+            pb::RejectionCode::TooLarge,
+            pb::RejectionCode::MissingField,
+            pb::RejectionCode::NotPermitted,
+        ]
+    );
+    assert!(rejected.iter().all(|r| r.reason.len() > 20), "{rejected:?}");
+    assert_eq!(rejected[0].raw, vec![0xff, 0xff, 0xff, 0x00]);
+    assert_eq!(log.duplicates(0, 10).unwrap().len(), 1);
+    assert_eq!(log.checkpoint().global_sequence, 2);
+    assert_eq!(log.checkpoint().stream_sequence, dup_seq);
+}
+
+#[tokio::test]
+async fn a_restarted_node_neither_loses_nor_repeats_events() {
+    let nats = Nats::start();
+    let data = tempfile::tempdir().unwrap();
+    let node = Node::start(&nats.url(), data.path());
+    let js = nats.jetstream().await;
+    wait_for_stream(&js).await;
+    let case = "DV-E2E-3";
+    let progress = |i: i64| {
+        event(
+            &format!("p{i}"),
+            case,
+            Agency::WomensFederation,
+            T0 + i * 60,
+            Body::ProgressReported(pb::ProgressReported {
+                summary: format!("call {i}"),
+            }),
+        )
+    };
+    publish(&js, &opened("o", case, Agency::WomensFederation, T0)).await;
+    for i in 1..=40 {
+        publish(&js, &progress(i)).await;
+    }
+    let stopped = node.stop();
+    assert!(stopped.success());
+
+    // Published while the node is down: the stream holds them.
+    let mut last = 0;
+    for i in 41..=80 {
+        last = publish(&js, &progress(i)).await;
+    }
+    // Re-sent ids (an agency retrying after a timeout) are not applied twice.
+    for i in 1..=5 {
+        last = publish_raw(&js, &subject(&progress(i)), progress(i).encode_to_vec()).await;
+    }
+
+    // Restart the bus as well: the stream is on disk.
+    let (store, port) = nats.stop();
+    let nats = Nats::start_with_store(store, port);
+    let node = Node::start(&nats.url(), data.path());
+    let mut client = node.client().await;
+    let reply = case_after(&mut client, case, last).await;
+    assert_eq!(reply.view.unwrap().case_sequence, 81);
+    let timeline = client
+        .get_timeline(GetTimelineRequest {
+            case_id: case.into(),
+            after_case_sequence: 0,
+            page_size: 1000,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let ids: Vec<String> = timeline
+        .entries
+        .iter()
+        .map(|e| e.event_id.clone())
+        .collect();
+    let mut expected = vec!["o".to_owned()];
+    expected.extend((1..=80).map(|i| format!("p{i}")));
+    assert_eq!(ids, expected);
+    assert!(node.stop().success());
+
+    // The chain verifies, and a rebuild gives the same view bytes.
+    let dir = data.path().to_str().unwrap();
+    let (ok, out, err) = lianxi(&["verify", "--data-dir", dir], &[]);
+    assert!(ok, "verify failed: {out} {err}");
+    assert!(out.contains("81 entries"), "{out}");
+    let before = {
+        let log = lianxi_log::Log::open(data.path(), lianxi_domain::Policy::default()).unwrap();
+        log.view_bytes().unwrap()
+    };
+    let (ok, out, err) = lianxi(&["rebuild", "--data-dir", dir], &[]);
+    assert!(ok, "rebuild failed: {out} {err}");
+    let log = lianxi_log::Log::open(data.path(), lianxi_domain::Policy::default()).unwrap();
+    assert_eq!(log.view_bytes().unwrap(), before);
+}
+
+#[tokio::test]
+async fn the_command_line_publishes_json_lines_and_shows_the_case() {
+    let nats = Nats::start();
+    let data = tempfile::tempdir().unwrap();
+    let node = Node::start(&nats.url(), data.path());
+    let js = nats.jetstream().await;
+    wait_for_stream(&js).await;
+    let demo = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/demo/dv-case.jsonl"
+    );
+    let env = [
+        ("LIANXI_NATS_URL", nats.url()),
+        ("LIANXI_GRPC_ADDR", node.grpc_addr.clone()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+
+    let (ok, out, err) = lianxi(&["publish", demo], &env);
+    assert!(ok, "publish failed: {err}");
+    let last: String = out
+        .lines()
+        .last()
+        .unwrap()
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .to_owned();
+    let published = out.lines().filter(|l| l.starts_with("published")).count();
+    assert!(published > 20, "{out}");
+
+    let (ok, out, err) = lianxi(
+        &[
+            "case",
+            "DV-2026-0117",
+            "--json",
+            "--wait-for",
+            &last,
+            "--now",
+            "2026-11-29T09:00:00+08:00",
+        ],
+        &env,
+    );
+    assert!(ok, "case failed: {err}");
+    let reply: pb::GetCaseResponse = serde_json::from_str(&out).expect("canonical JSON");
+    let view = reply.view.unwrap();
+    assert_eq!(view.case_sequence as usize, published);
+    assert_eq!(view.status, pb::CoordinatedStatus::ActionPlan as i32);
+    assert!(view.flags.as_ref().unwrap().protection_order);
+    assert!(reply.protection_order_active);
+    // Canonical protobuf JSON: camelCase names, enum names, RFC 3339 times.
+    assert!(out.contains("\"caseId\": \"DV-2026-0117\""), "{out}");
+    assert!(out.contains("COORDINATED_STATUS_ACTION_PLAN"), "{out}");
+
+    let (ok, out, err) = lianxi(&["case", "DV-2026-0117"], &env);
+    assert!(ok, "{err}");
+    assert!(out.contains("ACTION PLAN"), "{out}");
+    let (ok, out, err) = lianxi(&["timeline", "DV-2026-0117"], &env);
+    assert!(ok, "{err}");
+    assert_eq!(
+        out.lines()
+            .filter(|l| l.trim_start().starts_with("recorded "))
+            .count(),
+        published,
+        "{out}"
+    );
+
+    // A line that is not an event: nothing is sent, the line is named.
+    let bad = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        bad.path(),
+        "{\"eventId\":\"x\",\"caseId\":\"C-1\",\"agency\":\"AGENCY_POLICE\"}\nnot json\n",
+    )
+    .unwrap();
+    let (ok, _out, err) = lianxi(&["publish", bad.path().to_str().unwrap()], &env);
+    assert!(!ok);
+    assert!(err.contains("line 2"), "{err}");
+
+    // A node that is not there: the error says what to do.
+    let (ok, _out, err) = lianxi(&["case", "DV-2026-0117", "--grpc-addr", "127.0.0.1:1"], &[]);
+    assert!(!ok);
+    assert!(err.contains("lianxi serve"), "{err}");
+}

@@ -1,0 +1,206 @@
+//! Test harness: a real nats-server per test on a free port with a temporary
+//! store, and the real `lianxi` binary as the node. Both are killed on drop.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lianxi_proto::v1::cases_client::CasesClient;
+use lianxi_proto::v1::{GetCaseRequest, GetCaseResponse};
+use tonic::transport::Channel;
+
+pub const LIANXI: &str = env!("CARGO_BIN_EXE_lianxi");
+
+/// Finds nats-server 2.10+: `NATS_SERVER_BIN`, then the one `scripts/test`
+/// installs under `.tools/`, then `PATH`.
+pub fn nats_server_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("NATS_SERVER_BIN") {
+        return PathBuf::from(p);
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let local = root.join(".tools/venv/bin/nats-server");
+    if local.exists() {
+        return local;
+    }
+    PathBuf::from("nats-server")
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free local port")
+}
+
+pub struct Nats {
+    child: Child,
+    pub port: u16,
+    pub store: tempfile::TempDir,
+}
+
+impl Nats {
+    pub fn start() -> Nats {
+        let store = tempfile::tempdir().expect("temp dir");
+        Self::start_with_store(store, free_port())
+    }
+
+    /// Starts a server on `port` over an existing store (for restarts).
+    pub fn start_with_store(store: tempfile::TempDir, port: u16) -> Nats {
+        let bin = nats_server_bin();
+        let child = Command::new(&bin)
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(store.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start {}: {e}; run scripts/test (it installs nats-server) or set NATS_SERVER_BIN",
+                    bin.display()
+                )
+            });
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "nats-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Nats { child, port, store }
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the server and hands back its store, for a restart.
+    pub fn stop(mut self) -> (tempfile::TempDir, u16) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let store = std::mem::replace(&mut self.store, tempfile::tempdir().expect("temp dir"));
+        (store, self.port)
+    }
+
+    pub async fn jetstream(&self) -> async_nats::jetstream::Context {
+        let client = async_nats::connect(self.url())
+            .await
+            .expect("connect to nats");
+        async_nats::jetstream::new(client)
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub struct Node {
+    child: Child,
+    pub grpc_addr: String,
+    // Held open so the node never writes to a closed pipe.
+    _stdout: BufReader<std::process::ChildStdout>,
+}
+
+impl Node {
+    pub fn start(nats_url: &str, data_dir: &Path) -> Node {
+        let mut child = Command::new(LIANXI)
+            .arg("serve")
+            .env("LIANXI_NATS_URL", nats_url)
+            .env("LIANXI_DATA_DIR", data_dir)
+            .env("LIANXI_GRPC_ADDR", "127.0.0.1:0")
+            .env("LIANXI_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start lianxi serve");
+        let stdout = child.stdout.take().expect("node stdout");
+        let mut line = String::new();
+        let mut stdout = BufReader::new(stdout);
+        stdout
+            .read_line(&mut line)
+            .expect("read the node's first line");
+        let grpc_addr = line
+            .split_whitespace()
+            .find(|w| w.starts_with("127.0.0.1:"))
+            .unwrap_or_else(|| panic!("node did not report its address: {line:?}"))
+            .trim_end_matches(',')
+            .to_owned();
+        Node {
+            child,
+            grpc_addr,
+            _stdout: stdout,
+        }
+    }
+
+    pub async fn client(&self) -> CasesClient<Channel> {
+        CasesClient::connect(format!("http://{}", self.grpc_addr))
+            .await
+            .expect("connect to the node")
+    }
+
+    /// Stops the node the way an operator does (SIGTERM) and waits for it.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let status = self.child.wait().expect("wait for the node");
+        std::mem::forget(self);
+        status
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls GetCase until the node has applied `stream_sequence`.
+pub async fn case_after(
+    client: &mut CasesClient<Channel>,
+    case_id: &str,
+    stream_sequence: u64,
+) -> GetCaseResponse {
+    let started = Instant::now();
+    loop {
+        let r = client
+            .get_case(GetCaseRequest {
+                case_id: case_id.into(),
+                now: None,
+            })
+            .await;
+        if let Ok(r) = &r
+            && r.get_ref().applied_stream_sequence >= stream_sequence
+        {
+            return r.get_ref().clone();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "node did not apply stream sequence {stream_sequence} for {case_id}: last answer {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Runs the `lianxi` binary and returns (success, stdout, stderr).
+pub fn lianxi(args: &[&str], envs: &[(&str, &str)]) -> (bool, String, String) {
+    let out = Command::new(LIANXI)
+        .args(args)
+        .envs(envs.iter().copied())
+        .env("LIANXI_LOG", "warn")
+        .output()
+        .expect("run lianxi");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
