@@ -22,6 +22,34 @@ pub const MAX_EVENT_BYTES: usize = 64 * 1024;
 /// confused with a hash of anything else.
 const ENTRY_HASH_DOMAIN: &[u8] = b"lianxi.v1.LogEntry\0";
 
+/// How long `open` waits for a just-closed handle to release the directory
+/// lock: sled's background flusher holds the database briefly after the last
+/// handle is dropped.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+fn is_lock_error(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io)
+        if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock"))
+}
+
+fn open_db(path: &Path) -> Result<sled::Db> {
+    let started = std::time::Instant::now();
+    loop {
+        match sled::Config::new().path(path).open() {
+            Ok(db) => return Ok(db),
+            Err(e) if is_lock_error(&e) && started.elapsed() < LOCK_WAIT => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) if is_lock_error(&e) => {
+                return Err(Error::Locked {
+                    path: path.display().to_string(),
+                });
+            }
+            Err(e) => return Err(Error::Storage(e)),
+        }
+    }
+}
+
 /// One message as read from the stream.
 #[derive(Debug, Clone)]
 pub struct Incoming {
@@ -105,17 +133,7 @@ impl Log {
     /// Opens (or creates) the log in `path` with the deadline `policy`. Views
     /// depend on the policy: every node reading one stream must use the same.
     pub fn open(path: &Path, policy: Policy) -> Result<Log> {
-        let db = sled::Config::new().path(path).open().map_err(|e| match e {
-            sled::Error::Io(ref io) if io.kind() == std::io::ErrorKind::WouldBlock => {
-                Error::Locked {
-                    path: path.display().to_string(),
-                }
-            }
-            sled::Error::Io(ref io) if io.to_string().contains("lock") => Error::Locked {
-                path: path.display().to_string(),
-            },
-            other => Error::Storage(other),
-        })?;
+        let db = open_db(path)?;
         let tree = db.open_tree("lianxi.v1")?;
         let checkpoint = match tree.get(keys::CHECKPOINT)? {
             Some(b) => Checkpoint::decode(b.as_ref()).map_err(|e| Error::Corruption {
