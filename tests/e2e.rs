@@ -272,6 +272,37 @@ async fn a_case_travels_from_nats_through_the_log_to_grpc() {
         status.status,
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
+
+    // Server reflection lists the service, so grpcurl and friends work.
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", node.grpc_addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut reflection = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut replies = reflection
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let reply = replies
+        .message()
+        .await
+        .unwrap()
+        .expect("a reflection reply");
+    let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
+        panic!("unexpected reflection reply {reply:?}");
+    };
+    let names: Vec<&str> = list.service.iter().map(|s| s.name.as_str()).collect();
+    assert!(names.contains(&"lianxi.v1.Cases"), "{names:?}");
 }
 
 #[tokio::test]

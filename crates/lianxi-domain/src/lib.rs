@@ -14,15 +14,20 @@
 //!
 //! # Choices the contract leaves open
 //!
-//! - **Registers live in obligations.** The view has no lists of alarms,
-//!   written warnings, order or legal-aid applications or shelter
-//!   placements. Each of them creates an obligation with a stable id
-//!   (`alarm_arrival/<alarm_id>`, `order_decision/<application_id>`,
+//! - **Registers.** Alarms, written warnings, protection-order applications
+//!   and shelter placements live in obligations: each creates one with a
+//!   stable id (`alarm_arrival/<alarm_id>`, `order_decision/<application_id>`,
 //!   `shelter_review/<placement_id>[/<n>]`, ...), and the rules look them up
-//!   there. A legal-aid decision's outcome is appended to its obligation's
-//!   description (" Decided: granted."), which `lawyer_assigned` reads.
-//!   Labour inspections create no obligation and have no record, so a
-//!   violation cannot be checked against its inspection.
+//!   there. Three registers have records of their own, in creation order:
+//!   `inspections` (a labour violation must name an inspection opened in the
+//!   case), `legal_aid` (decided once; a lawyer only on a granted application;
+//!   a grant with a lawyer cannot be corrected to a refusal; a replacement
+//!   lawyer may be assigned) and `meetings` (a meeting is listed for once and
+//!   held once; a held meeting cannot be listed for again).
+//!   `pending_meetings` and `next_meeting_at` are derived from `meetings`
+//!   after every event: the ids not yet held in listing order, and the
+//!   earliest of their times. Obligation descriptions are plain text and
+//!   never carry state.
 //! - **Involvement** also covers the owner of any obligation other than a
 //!   referral answer: the court once an application is filed with it, the
 //!   police once an order is granted. Such owners, and action owners, appear
@@ -31,17 +36,20 @@
 //! - **An agency that acts is in progress**, from any state; accepting a
 //!   referral makes it accepted, returning one makes a merely received
 //!   agency returned. Reopening puts the lead back in progress.
-//! - **Status "in progress"** is reached by an accepted referral or
-//!   agency-specific work (police, court, civil affairs, labour, legal aid,
-//!   progress reports) and is sticky, because some of that work leaves no
-//!   other trace in the view. Behind a listing or action plan the view can
-//!   lose it when the work left no trace (see the report on proto changes).
+//! - **Status "in progress"** follows the stored flag `work_started`, set
+//!   by the first agency-specific work: an accepted referral, police, court,
+//!   civil-affairs, labour or legal-aid work, a progress report, or any act
+//!   of an agency other than the first contact and the committee. The flag
+//!   never goes back, so the status returns to in progress when a listing or
+//!   an action plan ends, and after a reopening of a case that had work.
 //! - **Corrections**: see `apply_correction` in `view.rs`. Openings (not the
 //!   person), risk, progress, escalation and consent are overwritten;
-//!   records keep their id and overwrite what nothing else hangs off;
-//!   everything else is timeline-only. A correction must keep the record id
-//!   (and a referral's target, an action's owner, an order decision's
-//!   outcome and order id). Corrections are refused on a closed case.
+//!   records keep their id and overwrite what nothing else hangs off (a
+//!   listing's meeting time, an inspection's employer, a legal-aid
+//!   decision's outcome, ...); everything else, a labour violation included,
+//!   is timeline-only. A correction must keep the record id (and a
+//!   referral's target, an action's owner, an order decision's outcome and
+//!   order id). Corrections are refused on a closed case.
 //! - **Deadlines**: hours, minutes and days are exact durations from
 //!   `occurred_at` (no daylight saving in China); the order term is calendar
 //!   months; legal-aid working days are Monday to Friday in UTC+8, counted

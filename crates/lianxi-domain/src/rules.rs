@@ -11,8 +11,8 @@ use crate::context::Context;
 use crate::describe::body_kind;
 use crate::error::Rejection;
 use crate::state::{
-    ALARM_ARRIVAL, LEGAL_AID_DECISION, ORDER_DECISION, WARNING_FOLLOW_UP, find_obligation,
-    involved, legal_aid_outcome, obligation_id, placement_exists, placement_open,
+    ALARM_ARRIVAL, ORDER_DECISION, WARNING_FOLLOW_UP, find_inspection, find_legal_aid,
+    find_meeting, find_obligation, involved, obligation_id, placement_exists, placement_open,
 };
 use crate::time;
 use crate::validate::check_event;
@@ -374,6 +374,19 @@ fn correction_rules(
             Some(due) => after(due, &base, "action_agreed.due_at", "the meeting"),
             None => Ok(()),
         },
+        Body::LegalAidDecided(b)
+            if !b.granted
+                && find_legal_aid(view, &b.application_id).is_some_and(|a| a.lawyer_assigned) =>
+        {
+            Err(reject(
+                RejectionCode::Conflict,
+                format!(
+                    "a lawyer has been assigned on legal-aid application {} in case {}, so its decision cannot be corrected to a refusal",
+                    shorten(&b.application_id),
+                    view.case_id
+                ),
+            ))
+        }
         _ => Ok(()),
     }
 }
@@ -575,16 +588,26 @@ fn body_rules(
             }
         }
         Body::ShelterExited(b) => open_placement(view, &b.placement_id, case),
-        Body::LegalAidApplied(b) if exists(LEGAL_AID_DECISION, &b.application_id) => {
+        Body::LabourInspectionOpened(b) if find_inspection(view, &b.inspection_id).is_some() => {
+            conflict("labour inspection", &b.inspection_id)
+        }
+        Body::LabourViolationFound(b) if find_inspection(view, &b.inspection_id).is_none() => {
+            Err(reject(
+                RejectionCode::UnknownReference,
+                format!(
+                    "labour inspection {} does not exist in case {case}; open the inspection first with labour_inspection_opened",
+                    shorten(&b.inspection_id)
+                ),
+            ))
+        }
+        Body::LegalAidApplied(b) if find_legal_aid(view, &b.application_id).is_some() => {
             conflict("legal-aid application", &b.application_id)
         }
         Body::LegalAidDecided(b) => {
-            let Some(o) =
-                find_obligation(view, &obligation_id(LEGAL_AID_DECISION, &b.application_id))
-            else {
+            let Some(app) = find_legal_aid(view, &b.application_id) else {
                 return Err(unknown(view, "legal-aid application", &b.application_id));
             };
-            if legal_aid_outcome(o).is_some() {
+            if app.decided {
                 return Err(reject(
                     RejectionCode::AlreadyDone,
                     format!(
@@ -596,21 +619,19 @@ fn body_rules(
             Ok(())
         }
         Body::LawyerAssigned(b) => {
-            let Some(o) =
-                find_obligation(view, &obligation_id(LEGAL_AID_DECISION, &b.application_id))
-            else {
+            let Some(app) = find_legal_aid(view, &b.application_id) else {
                 return Err(unknown(view, "legal-aid application", &b.application_id));
             };
-            match legal_aid_outcome(o) {
-                Some(true) => Ok(()),
-                Some(false) => Err(reject(
+            match (app.decided, app.granted) {
+                (true, true) => Ok(()),
+                (true, false) => Err(reject(
                     RejectionCode::Conflict,
                     format!(
                         "legal-aid application {} in case {case} was refused; a lawyer can only be assigned on a granted application",
                         shorten(&b.application_id)
                     ),
                 )),
-                None => Err(reject(
+                (false, _) => Err(reject(
                     RejectionCode::Conflict,
                     format!(
                         "legal-aid application {} in case {case} has not been decided; record the decision first",
@@ -619,20 +640,42 @@ fn body_rules(
                 )),
             }
         }
-        Body::CaseListed(b) if view.pending_meetings.contains(&b.meeting_id) => Err(reject(
-            RejectionCode::AlreadyDone,
-            format!(
-                "case {case} is already listed for meeting {}",
-                shorten(&b.meeting_id)
-            ),
-        )),
-        Body::MeetingHeld(b) if !view.pending_meetings.contains(&b.meeting_id) => Err(reject(
-            RejectionCode::UnknownReference,
-            format!(
-                "case {case} is not listed for meeting {}; list it for that meeting first",
-                shorten(&b.meeting_id)
-            ),
-        )),
+        Body::CaseListed(b) => match find_meeting(view, &b.meeting_id) {
+            Some(m) if m.held => Err(reject(
+                RejectionCode::AlreadyDone,
+                format!(
+                    "meeting {} has already been held{}; list case {case} for a later meeting under its own id",
+                    shorten(&b.meeting_id),
+                    held_on(m.held_at.as_ref())
+                ),
+            )),
+            Some(_) => Err(reject(
+                RejectionCode::AlreadyDone,
+                format!(
+                    "case {case} is already listed for meeting {}; to change its time, send a correction of the listing",
+                    shorten(&b.meeting_id)
+                ),
+            )),
+            None => Ok(()),
+        },
+        Body::MeetingHeld(b) => match find_meeting(view, &b.meeting_id) {
+            Some(m) if m.held => Err(reject(
+                RejectionCode::AlreadyDone,
+                format!(
+                    "meeting {} has already been recorded as held{} for case {case}",
+                    shorten(&b.meeting_id),
+                    held_on(m.held_at.as_ref())
+                ),
+            )),
+            Some(_) => Ok(()),
+            None => Err(reject(
+                RejectionCode::UnknownReference,
+                format!(
+                    "case {case} is not listed for meeting {}; list it for that meeting first",
+                    shorten(&b.meeting_id)
+                ),
+            )),
+        },
         Body::ActionAgreed(b) => {
             if view.actions.iter().any(|a| a.action_id == b.action_id) {
                 return conflict("action", &b.action_id);
@@ -705,6 +748,11 @@ fn body_rules(
         )),
         _ => Ok(()),
     }
+}
+
+fn held_on(at: Option<&Timestamp>) -> String {
+    at.map(|t| format!(" on {}", time::format(t)))
+        .unwrap_or_default()
 }
 
 fn answer_referral(view: &CaseView, id: &str, agency: Agency, verb: &str) -> Result<(), Rejection> {

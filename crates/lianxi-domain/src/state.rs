@@ -1,13 +1,19 @@
 //! Queries on a case view shared by `decide` and `apply`.
 //!
-//! The view has no separate records for alarms, warnings, protection-order
-//! and legal-aid applications or shelter placements; each of them creates an
-//! obligation with a stable id (`alarm_arrival/<alarm_id>` and so on), so the
-//! obligation list doubles as their register. Keeping one source of truth
-//! means `decide` can never disagree with what `apply` recorded.
+//! Alarms, written warnings, protection-order applications and shelter
+//! placements have no records of their own: each creates an obligation with
+//! a stable id (`alarm_arrival/<alarm_id>` and so on), so the obligation
+//! list doubles as their register. Registers whose facts an obligation
+//! cannot carry have records: labour inspections (no obligation at all),
+//! legal-aid applications (the outcome and the lawyer outlive the decision
+//! obligation) and meetings (their times). Either way there is one source of
+//! truth, so `decide` can never disagree with what `apply` recorded.
 
 use lianxi_proto::Timestamp;
-use lianxi_proto::v1::{Agency, CaseView, InvolvementState, Obligation, ObligationKind};
+use lianxi_proto::v1::{
+    Agency, CaseView, InvolvementState, LabourInspection, LegalAidApplication, Meeting, Obligation,
+    ObligationKind,
+};
 
 pub(crate) const REFERRAL_RESPONSE: &str = "referral_response";
 pub(crate) const ORDER_DECISION: &str = "order_decision";
@@ -20,13 +26,6 @@ pub(crate) const PETITION_ACCEPTANCE: &str = "petition_acceptance";
 pub(crate) const PETITION_HANDLING: &str = "petition_handling";
 pub(crate) const LEGAL_AID_DECISION: &str = "legal_aid_decision";
 pub(crate) const MEETING_ACTION: &str = "meeting_action";
-
-/// Appended to a legal-aid obligation's description when it is decided. The
-/// view has no legal-aid record, and `lawyer_assigned` must know whether the
-/// application was granted; the description is the one place that is both
-/// human-readable and already part of the obligation.
-pub(crate) const LEGAL_AID_GRANTED: &str = " Decided: granted.";
-pub(crate) const LEGAL_AID_REFUSED: &str = " Decided: refused.";
 
 pub(crate) fn obligation_id(prefix: &str, id: &str) -> String {
     format!("{prefix}/{id}")
@@ -77,15 +76,16 @@ pub(crate) fn placement_open(view: &CaseView, placement_id: &str) -> bool {
         .any(|o| is_open(o) && is_placement_obligation(&o.id, placement_id))
 }
 
-/// `Some(true)` granted, `Some(false)` refused, `None` undecided.
-pub(crate) fn legal_aid_outcome(o: &Obligation) -> Option<bool> {
-    if o.description.ends_with(LEGAL_AID_GRANTED) {
-        Some(true)
-    } else if o.description.ends_with(LEGAL_AID_REFUSED) {
-        Some(false)
-    } else {
-        None
-    }
+pub(crate) fn find_inspection<'a>(view: &'a CaseView, id: &str) -> Option<&'a LabourInspection> {
+    view.inspections.iter().find(|i| i.inspection_id == id)
+}
+
+pub(crate) fn find_legal_aid<'a>(view: &'a CaseView, id: &str) -> Option<&'a LegalAidApplication> {
+    view.legal_aid.iter().find(|a| a.application_id == id)
+}
+
+pub(crate) fn find_meeting<'a>(view: &'a CaseView, id: &str) -> Option<&'a Meeting> {
+    view.meetings.iter().find(|m| m.meeting_id == id)
 }
 
 /// Whether an agency takes part in the case and may therefore emit events

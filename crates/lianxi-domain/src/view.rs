@@ -9,16 +9,17 @@
 use lianxi_proto::Timestamp;
 use lianxi_proto::v1::{
     Action, Agency, AgencyInvolvement, Area, CaseView, Channel, ConsentStatus, CoordinatedStatus,
-    Event, Flags, InvolvementState, Obligation, ObligationKind, OrderChange, OrderDecision,
-    ProtectionOrder, Referral, RiskLevel, Role, event::Body,
+    Event, Flags, InvolvementState, LabourInspection, LegalAidApplication, Meeting, Obligation,
+    ObligationKind, OrderChange, OrderDecision, ProtectionOrder, Referral, RiskLevel, Role,
+    event::Body,
 };
 
 use crate::agency::agency_name;
 use crate::context::{Context, EntryMeta};
 use crate::state::{
-    ALARM_ARRIVAL, EMERGENCY_PLACEMENT, LEGAL_AID_DECISION, LEGAL_AID_GRANTED, LEGAL_AID_REFUSED,
-    MEETING_ACTION, ORDER_CHECK, ORDER_DECISION, PETITION_ACCEPTANCE, PETITION_HANDLING,
-    REFERRAL_RESPONSE, SHELTER_REVIEW, WARNING_FOLLOW_UP, find_obligation, is_open,
+    ALARM_ARRIVAL, EMERGENCY_PLACEMENT, LEGAL_AID_DECISION, MEETING_ACTION, ORDER_CHECK,
+    ORDER_DECISION, PETITION_ACCEPTANCE, PETITION_HANDLING, REFERRAL_RESPONSE, SHELTER_REVIEW,
+    WARNING_FOLLOW_UP, find_inspection, find_legal_aid, find_meeting, find_obligation, is_open,
     is_placement_obligation, later, obligation_id,
 };
 use crate::time;
@@ -50,12 +51,11 @@ pub fn apply(
     v.last_global_sequence = meta.global_sequence;
     v.last_event_at = Some(later(v.last_event_at, e.at));
 
-    let mut work = false;
     if let Some(body) = &event.body {
         if event.corrects_event_id.is_some() {
             apply_correction(ctx, &mut v, &e, body);
         } else {
-            work = apply_body(ctx, &mut v, &e, body);
+            apply_body(ctx, &mut v, &e, body);
         }
         if !matches!(body, Body::CaseOpened(_)) && v.first_contact == e.agency as i32 {
             // Petition acceptance is met by the first-contact agency's first
@@ -67,7 +67,7 @@ pub fn apply(
             );
         }
     }
-    refresh(&mut v, work);
+    refresh(&mut v);
     v
 }
 
@@ -173,9 +173,9 @@ fn set_state(v: &mut CaseView, agency: Agency, state: InvolvementState) {
     }
 }
 
-/// Applies a new fact. Returns whether it is agency-specific work, which
-/// moves the coordinated status to in progress.
-fn apply_body(ctx: &Context<'_>, v: &mut CaseView, e: &Applied<'_>, body: &Body) -> bool {
+/// Applies a new fact. Agency-specific work (the arms that yield `true`)
+/// sets `work_started`, which moves the coordinated status to in progress.
+fn apply_body(ctx: &Context<'_>, v: &mut CaseView, e: &Applied<'_>, body: &Body) {
     let policy = ctx.policy;
     let at = e.at;
     let mut acted = true;
@@ -411,10 +411,40 @@ fn apply_body(ctx: &Context<'_>, v: &mut CaseView, e: &Applied<'_>, body: &Body)
             fulfil_placement(v, &b.placement_id, e);
             true
         }
-        Body::MarriageRegistrationFlagged(_)
-        | Body::LabourInspectionOpened(_)
-        | Body::LabourViolationFound(_) => true,
+        Body::MarriageRegistrationFlagged(_) => true,
+        Body::LabourInspectionOpened(b) => {
+            if find_inspection(v, &b.inspection_id).is_none() {
+                v.inspections.push(LabourInspection {
+                    inspection_id: b.inspection_id.clone(),
+                    employer: b.employer.clone(),
+                    opened_at: Some(at),
+                    violations: Vec::new(),
+                });
+            }
+            true
+        }
+        Body::LabourViolationFound(b) => {
+            if let Some(i) = v
+                .inspections
+                .iter_mut()
+                .find(|i| i.inspection_id == b.inspection_id)
+            {
+                i.violations.push(b.violation);
+            }
+            true
+        }
         Body::LegalAidApplied(b) => {
+            if find_legal_aid(v, &b.application_id).is_none() {
+                v.legal_aid.push(LegalAidApplication {
+                    application_id: b.application_id.clone(),
+                    applied_at: Some(at),
+                    decided: false,
+                    granted: false,
+                    decided_at: None,
+                    lawyer_assigned: false,
+                    lawyer_assigned_at: None,
+                });
+            }
             oblige(
                 v,
                 obligation_id(LEGAL_AID_DECISION, &b.application_id),
@@ -423,19 +453,32 @@ fn apply_body(ctx: &Context<'_>, v: &mut CaseView, e: &Applied<'_>, body: &Body)
                 time::plus_working_days_cst(&at, policy.legal_aid_decision_working_days),
                 e,
                 format!(
-                    "Justice bureau to decide legal-aid application {}.",
+                    "Justice bureau to decide legal-aid application {}",
                     b.application_id
                 ),
             );
             true
         }
         Body::LegalAidDecided(b) => {
-            let id = obligation_id(LEGAL_AID_DECISION, &b.application_id);
-            fulfil(v, &id, e);
-            mark_legal_aid(v, &id, b.granted);
+            fulfil(v, &obligation_id(LEGAL_AID_DECISION, &b.application_id), e);
+            if let Some(a) = legal_aid_mut(v, &b.application_id)
+                && !a.decided
+            {
+                a.decided = true;
+                a.granted = b.granted;
+                a.decided_at = Some(at);
+            }
             true
         }
-        Body::LawyerAssigned(_) => true,
+        Body::LawyerAssigned(b) => {
+            if let Some(a) = legal_aid_mut(v, &b.application_id)
+                && !a.lawyer_assigned
+            {
+                a.lawyer_assigned = true;
+                a.lawyer_assigned_at = Some(at);
+            }
+            true
+        }
         Body::CaseEscalated(b) => {
             let f = flags(v);
             f.escalated = true;
@@ -443,24 +486,22 @@ fn apply_body(ctx: &Context<'_>, v: &mut CaseView, e: &Applied<'_>, body: &Body)
             false
         }
         Body::CaseListed(b) => {
-            let earlier = match (v.next_meeting_at, b.meeting_at) {
-                (Some(next), Some(new))
-                    if !v.pending_meetings.is_empty() && time::before(&next, &new) =>
-                {
-                    Some(next)
-                }
-                (_, new) => new,
-            };
-            if !v.pending_meetings.contains(&b.meeting_id) {
-                v.pending_meetings.push(b.meeting_id.clone());
+            if find_meeting(v, &b.meeting_id).is_none() {
+                v.meetings.push(Meeting {
+                    meeting_id: b.meeting_id.clone(),
+                    meeting_at: b.meeting_at,
+                    held: false,
+                    held_at: None,
+                });
             }
-            v.next_meeting_at = earlier;
             false
         }
         Body::MeetingHeld(b) => {
-            v.pending_meetings.retain(|m| *m != b.meeting_id);
-            if v.pending_meetings.is_empty() {
-                v.next_meeting_at = None;
+            if let Some(m) = meeting_mut(v, &b.meeting_id)
+                && !m.held
+            {
+                m.held = true;
+                m.held_at = Some(at);
             }
             false
         }
@@ -536,7 +577,12 @@ fn apply_body(ctx: &Context<'_>, v: &mut CaseView, e: &Applied<'_>, body: &Body)
         // earlier state (received, accepted, done after a reopening).
         set_state(v, e.agency, InvolvementState::InProgress);
     }
-    work
+    // Work by an agency other than the first contact and the committee
+    // (a referral target assessing risk, say) is work on the case too.
+    let other = e.agency as i32 != v.first_contact && e.agency != Agency::PoliticalLegalCommittee;
+    if work || (acted && other) {
+        v.work_started = true;
+    }
 }
 
 fn open_case(
@@ -654,19 +700,12 @@ fn fulfil_placement(v: &mut CaseView, placement_id: &str, e: &Applied<'_>) {
     }
 }
 
-fn mark_legal_aid(v: &mut CaseView, id: &str, granted: bool) {
-    if let Some(o) = v.obligations.iter_mut().find(|o| o.id == id) {
-        for suffix in [LEGAL_AID_GRANTED, LEGAL_AID_REFUSED] {
-            if let Some(stripped) = o.description.strip_suffix(suffix) {
-                o.description = stripped.to_owned();
-            }
-        }
-        o.description.push_str(if granted {
-            LEGAL_AID_GRANTED
-        } else {
-            LEGAL_AID_REFUSED
-        });
-    }
+fn legal_aid_mut<'a>(v: &'a mut CaseView, id: &str) -> Option<&'a mut LegalAidApplication> {
+    v.legal_aid.iter_mut().find(|a| a.application_id == id)
+}
+
+fn meeting_mut<'a>(v: &'a mut CaseView, id: &str) -> Option<&'a mut Meeting> {
+    v.meetings.iter_mut().find(|m| m.meeting_id == id)
 }
 
 /// Applies a correction. Opening, risk, progress, escalation and consent
@@ -674,7 +713,8 @@ fn mark_legal_aid(v: &mut CaseView, id: &str, granted: bool) {
 /// with an id overwrite the fields that other records do not hang off
 /// (a referral's reason and due time, an order's expiry and measures, an
 /// extension's end, an action's description and due date, a report's
-/// outcome, a legal-aid decision). Everything else is kept on the timeline
+/// outcome, a legal-aid decision, a listing's meeting time, an inspection's
+/// employer). Everything else is kept on the timeline
 /// only: re-running its effects would double-count (a second violation) or
 /// contradict later events (an arrival that was already followed up).
 fn apply_correction(ctx: &Context<'_>, v: &mut CaseView, e: &Applied<'_>, body: &Body) {
@@ -752,9 +792,26 @@ fn apply_correction(ctx: &Context<'_>, v: &mut CaseView, e: &Applied<'_>, body: 
             }
         }
         Body::LegalAidDecided(b) => {
-            let id = obligation_id(LEGAL_AID_DECISION, &b.application_id);
-            if find_obligation(v, &id).is_some_and(|o| o.fulfilled_at.is_some()) {
-                mark_legal_aid(v, &id, b.granted);
+            if let Some(a) = legal_aid_mut(v, &b.application_id)
+                && a.decided
+            {
+                a.granted = b.granted;
+            }
+        }
+        Body::CaseListed(b) => {
+            if let Some(m) = meeting_mut(v, &b.meeting_id)
+                && b.meeting_at.is_some()
+            {
+                m.meeting_at = b.meeting_at;
+            }
+        }
+        Body::LabourInspectionOpened(b) => {
+            if let Some(i) = v
+                .inspections
+                .iter_mut()
+                .find(|i| i.inspection_id == b.inspection_id)
+            {
+                i.employer = b.employer.clone();
             }
         }
         _ => {}
@@ -770,8 +827,9 @@ fn set_due(v: &mut CaseView, id: &str, due: Timestamp) {
 }
 
 /// Recomputes everything derived from the records: roles, participants,
-/// order, warning and shelter flags, and the coordinated status.
-fn refresh(v: &mut CaseView, work: bool) {
+/// order, warning and shelter flags, pending meetings, and the coordinated
+/// status.
+fn refresh(v: &mut CaseView) {
     // Owners of actions and of obligations other than referral answers take
     // part in the case (a referral's target is added when it is issued).
     let mut owners: Vec<Agency> = v
@@ -826,13 +884,15 @@ fn refresh(v: &mut CaseView, work: bool) {
     f.warning_follow_up_due_at = warning_due;
     f.in_shelter = in_shelter;
 
-    v.status = status(v, work) as i32;
+    let pending = v.meetings.iter().filter(|m| !m.held);
+    v.pending_meetings = pending.clone().map(|m| m.meeting_id.clone()).collect();
+    v.next_meeting_at = pending.filter_map(|m| m.meeting_at).min_by_key(time::key);
+
+    v.status = status(v) as i32;
 }
 
-/// The one word for the case, by the precedence in DOMAIN.md. "In progress"
-/// is sticky once reached, because agency work (a hearing, a progress
-/// report) leaves no other record in the view.
-fn status(v: &CaseView, work: bool) -> CoordinatedStatus {
+/// The one word for the case, by the precedence in DOMAIN.md.
+fn status(v: &CaseView) -> CoordinatedStatus {
     if v.closed_at.is_some() {
         return CoordinatedStatus::Closed;
     }
@@ -842,30 +902,7 @@ fn status(v: &CaseView, work: bool) -> CoordinatedStatus {
     if !v.pending_meetings.is_empty() {
         return CoordinatedStatus::ListedForMeeting;
     }
-    const WORK_KINDS: [ObligationKind; 7] = [
-        ObligationKind::OrderDecision,
-        ObligationKind::OrderCheck,
-        ObligationKind::WarningFollowUp,
-        ObligationKind::EmergencyPlacement,
-        ObligationKind::ShelterReview,
-        ObligationKind::AlarmArrival,
-        ObligationKind::LegalAidDecision,
-    ];
-    let in_progress = work
-        || v.status == CoordinatedStatus::InProgress as i32
-        || v.referrals
-            .iter()
-            .any(|r| r.state == InvolvementState::Accepted as i32)
-        || !v.orders.is_empty()
-        || v.obligations
-            .iter()
-            .any(|o| WORK_KINDS.iter().any(|k| *k as i32 == o.kind))
-        || v.agencies.iter().any(|x| {
-            x.state == InvolvementState::InProgress as i32
-                && !x.is_first_contact
-                && x.agency != Agency::PoliticalLegalCommittee as i32
-        });
-    if in_progress {
+    if v.work_started {
         return CoordinatedStatus::InProgress;
     }
     if v.referrals

@@ -560,15 +560,49 @@ fn shelter_rules() {
 #[test]
 fn labour_inspection_and_violation() {
     let s = || given(involving(&[LABOUR]));
-    let v = s()
-        .given(vec![ev("e-i", LABOUR, T2, inspection("i-1"))])
-        .then_ok(ev("e-x", LABOUR, T3, labour_violation("i-1")));
+    let inspected = || s().given(vec![ev("e-i", LABOUR, T2, inspection("i-1"))]);
+    let v = inspected().then_ok(ev("e-x", LABOUR, T3, labour_violation("i-1")));
     assert_eq!(status(&v), CoordinatedStatus::InProgress);
     let mut unknown = labour_violation("i-1");
     if let Body::LabourViolationFound(b) = &mut unknown {
         b.violation = 999;
     }
     s().then_reject(ev("e-x", LABOUR, T3, unknown), R::InvalidField);
+}
+
+#[test]
+fn a_labour_violation_needs_an_existing_inspection() {
+    let s = || given(involving(&[LABOUR]));
+    // Given no inspection, when a violation is reported, then it is refused.
+    let r = s().then_reject(
+        ev("e-x", LABOUR, T3, labour_violation("i-1")),
+        R::UnknownReference,
+    );
+    assert!(
+        r.reason.contains("labour inspection i-1 does not exist"),
+        "{}",
+        r.reason
+    );
+    // Given inspection i-1, a violation in another inspection is refused too.
+    let inspected = || s().given(vec![ev("e-i", LABOUR, T2, inspection("i-1"))]);
+    inspected().then_reject(
+        ev("e-x", LABOUR, T3, labour_violation("i-2")),
+        R::UnknownReference,
+    );
+    // An inspection id is opened once.
+    inspected().then_reject(ev("e-x", LABOUR, T3, inspection("i-1")), R::Conflict);
+    inspected().then_ok(ev("e-x", LABOUR, T3, inspection("i-2")));
+    // A correction of the opening keeps the inspection and its violations.
+    let mut other_employer = inspection("i-1");
+    if let Body::LabourInspectionOpened(b) = &mut other_employer {
+        b.employer = "farm".into();
+    }
+    let v = inspected()
+        .given(vec![ev("e-v", LABOUR, T3, labour_violation("i-1"))])
+        .then_ok(corr("e-c", LABOUR, T3, "e-i", other_employer));
+    assert_eq!(v.inspections.len(), 1);
+    assert_eq!(v.inspections[0].employer, "farm");
+    assert_eq!(v.inspections[0].violations, [Violation::ChildLabour as i32]);
 }
 
 // ------------------------------------------------------------ legal aid
@@ -598,6 +632,10 @@ fn legal_aid_rules() {
     let r = decided(false).then_reject(ev("e-x", JUSTICE, T3, lawyer("la-1")), R::Conflict);
     assert!(r.reason.contains("refused"));
     decided(true).then_ok(ev("e-x", JUSTICE, T3, lawyer("la-1")));
+    // A second lawyer (a replacement) may be assigned on the same grant.
+    decided(true)
+        .given(vec![ev("e-l", JUSTICE, T3, lawyer("la-1"))])
+        .then_ok(ev("e-x", JUSTICE, T3, lawyer("la-1")));
     s().then_reject(
         ev(
             "e-x",
@@ -687,6 +725,47 @@ fn action_rules() {
 }
 
 #[test]
+fn a_legal_aid_decision_is_corrected_on_its_record() {
+    let s = || {
+        given(
+            involving(&[JUSTICE])
+                .into_iter()
+                .chain([
+                    ev("e-la", JUSTICE, T2, aid_applied("la-1")),
+                    ev("e-d", JUSTICE, T3, aid_decided("la-1", true)),
+                ])
+                .collect(),
+        )
+    };
+    // Given a grant, a correction to a refusal is recorded, and then no
+    // lawyer can be assigned.
+    let refused = s().given(vec![corr(
+        "e-c",
+        JUSTICE,
+        T3,
+        "e-d",
+        aid_decided("la-1", false),
+    )]);
+    let app = &refused.view().legal_aid[0];
+    assert!(app.decided && !app.granted);
+    assert_eq!(app.decided_at, Some(t(T3)));
+    refused.then_reject(ev("e-x", JUSTICE, T3, lawyer("la-1")), R::Conflict);
+    // Given a lawyer assigned on the grant, the grant can no longer be
+    // corrected to a refusal, but it can be restated.
+    let assigned = || s().given(vec![ev("e-l", JUSTICE, T3, lawyer("la-1"))]);
+    let r = assigned().then_reject(
+        corr("e-c", JUSTICE, T3, "e-d", aid_decided("la-1", false)),
+        R::Conflict,
+    );
+    assert!(
+        r.reason.contains("a lawyer has been assigned"),
+        "{}",
+        r.reason
+    );
+    assigned().then_ok(corr("e-c", JUSTICE, T3, "e-d", aid_decided("la-1", true)));
+}
+
+#[test]
 fn meeting_rules() {
     let s = || {
         given(vec![
@@ -700,11 +779,34 @@ fn meeting_rules() {
         ev("e-x", PLC, T2, listed("m-1", "2026-03-10T09:00:00Z")),
         R::AlreadyDone,
     );
-    s().given(vec![ev("e-h", PLC, "2026-03-10T10:00:00Z", held("m-1"))])
-        .then_reject(
-            ev("e-x", PLC, "2026-03-10T11:00:00Z", held("m-1")),
-            R::UnknownReference,
-        );
+    let after_meeting = || s().given(vec![ev("e-h", PLC, "2026-03-10T10:00:00Z", held("m-1"))]);
+    let r = after_meeting().then_reject(
+        ev("e-x", PLC, "2026-03-10T11:00:00Z", held("m-1")),
+        R::AlreadyDone,
+    );
+    assert!(
+        r.reason
+            .contains("already been recorded as held on 2026-03-10 10:00 UTC"),
+        "{}",
+        r.reason
+    );
+    // A meeting that has been held cannot be listed for again.
+    let r = after_meeting().then_reject(
+        ev(
+            "e-x",
+            PLC,
+            "2026-03-10T11:00:00Z",
+            listed("m-1", "2026-03-20T09:00:00Z"),
+        ),
+        R::AlreadyDone,
+    );
+    assert!(r.reason.contains("already been held"), "{}", r.reason);
+    after_meeting().then_ok(ev(
+        "e-x",
+        PLC,
+        "2026-03-10T11:00:00Z",
+        listed("m-2", "2026-03-20T09:00:00Z"),
+    ));
     let mut no_time = listed("m-2", "2026-03-10T09:00:00Z");
     if let Body::CaseListed(b) = &mut no_time {
         b.meeting_at = None;

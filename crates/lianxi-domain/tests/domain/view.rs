@@ -9,6 +9,7 @@ use crate::support::*;
 
 const T1: &str = "2026-03-02T10:00:00Z";
 const T2: &str = "2026-03-02T11:00:00Z";
+const T3: &str = "2026-03-02T12:00:00Z";
 
 #[test]
 fn opening_fills_the_view() {
@@ -204,6 +205,141 @@ fn the_earliest_pending_meeting_is_next() {
     assert_eq!(
         v.pending_meetings,
         vec!["m-2".to_string(), "m-1".to_string()]
+    );
+}
+
+#[test]
+fn the_next_meeting_follows_the_pending_meetings() {
+    // Given a case listed for m-1 (10 March) and m-2 (10 April) ...
+    let s = given(vec![
+        opening(),
+        ev("e-1", PLC, T1, listed("m-1", "2026-03-10T09:00:00Z")),
+        ev("e-2", PLC, T1, listed("m-2", "2026-04-10T09:00:00Z")),
+    ]);
+    assert_eq!(s.view().next_meeting_at, Some(t("2026-03-10T09:00:00Z")));
+    // ... when m-1 is held, then the next meeting is m-2, not the one held.
+    let s = s.given(vec![ev("e-h", PLC, "2026-03-10T11:00:00Z", held("m-1"))]);
+    let v = s.view();
+    assert_eq!(v.pending_meetings, vec!["m-2".to_string()]);
+    assert_eq!(v.next_meeting_at, Some(t("2026-04-10T09:00:00Z")));
+    assert_eq!(status(v), CoordinatedStatus::ListedForMeeting);
+    assert_eq!(
+        v.meetings
+            .iter()
+            .map(|m| (m.meeting_id.as_str(), m.held, m.held_at))
+            .collect::<Vec<_>>(),
+        [
+            ("m-1", true, Some(t("2026-03-10T11:00:00Z"))),
+            ("m-2", false, None)
+        ]
+    );
+    // A correction of the listing moves the meeting, and the next meeting
+    // with it.
+    let v = s.then_ok(corr(
+        "e-c",
+        PLC,
+        "2026-03-11T09:00:00Z",
+        "e-2",
+        listed("m-2", "2026-04-03T09:00:00Z"),
+    ));
+    assert_eq!(v.meetings[1].meeting_at, Some(t("2026-04-03T09:00:00Z")));
+    assert_eq!(v.next_meeting_at, Some(t("2026-04-03T09:00:00Z")));
+    // When the last pending meeting is held, there is no next meeting.
+    let v = given(vec![
+        opening(),
+        ev("e-1", PLC, T1, listed("m-1", "2026-03-10T09:00:00Z")),
+    ])
+    .then_ok(ev("e-h", PLC, "2026-03-10T11:00:00Z", held("m-1")));
+    assert!(v.pending_meetings.is_empty());
+    assert_eq!(v.next_meeting_at, None);
+    assert_eq!(status(&v), CoordinatedStatus::New);
+}
+
+#[test]
+fn work_started_survives_a_meeting_and_an_action_plan() {
+    // Given the first-contact agency's own progress report: work, but no
+    // other trace in the view.
+    let s = given(vec![opening(), ev("e-p", WF, T1, progress())]);
+    assert!(s.view().work_started);
+    assert_eq!(status(s.view()), CoordinatedStatus::InProgress);
+    // When the case passes through a meeting and an action plan whose
+    // owner is the first contact itself ...
+    let s = s.given(vec![
+        ev("e-l", PLC, T1, listed("m-1", "2026-03-10T09:00:00Z")),
+        ev(
+            "e-a",
+            PLC,
+            "2026-03-10T10:00:00Z",
+            action("x-1", WF, "2026-03-20T00:00:00Z"),
+        ),
+        ev("e-h", PLC, "2026-03-10T11:00:00Z", held("m-1")),
+    ]);
+    assert_eq!(status(s.view()), CoordinatedStatus::ActionPlan);
+    // ... then, the action reported, the case is back in progress.
+    let v = s.then_ok(ev(
+        "e-rep",
+        WF,
+        "2026-03-15T00:00:00Z",
+        reported("x-1", ActionOutcome::Done),
+    ));
+    assert_eq!(status(&v), CoordinatedStatus::InProgress);
+    // The committee's own acts and the first contact's triage are not work.
+    let v = given(vec![
+        opening(),
+        ev("e-0", WF, T1, risk(RiskLevel::Medium, 40)),
+        ev("e-1", WF, T1, consent(ConsentDecision::Given)),
+        ev("e-e", PLC, T1, escalated()),
+    ])
+    .view()
+    .clone();
+    assert!(!v.work_started);
+    assert_eq!(status(&v), CoordinatedStatus::Triaged);
+    // An act by a referral target that has not yet accepted is work.
+    let v = given(vec![
+        opening(),
+        ev("e-r", WF, T1, refer("r-1", POLICE, false)),
+    ])
+    .then_ok(ev("e-x", POLICE, T2, risk(RiskLevel::High, 90)));
+    assert!(v.work_started);
+    assert_eq!(status(&v), CoordinatedStatus::InProgress);
+}
+
+#[test]
+fn work_started_stays_through_closing_and_reopening() {
+    let v = given(vec![
+        opening(),
+        ev("e-p", WF, T1, progress()),
+        ev("e-c", WF, T2, closed()),
+    ])
+    .then_ok(ev("e-r", WF, T3, reopened()));
+    assert!(v.work_started);
+    assert_eq!(status(&v), CoordinatedStatus::InProgress);
+}
+
+#[test]
+fn labour_inspections_are_recorded_with_their_violations() {
+    let v = given(vec![
+        opening(),
+        ev("e-r", WF, T1, refer("r-1", LABOUR, false)),
+        ev("e-a", LABOUR, T1, accept("r-1")),
+        ev("e-i1", LABOUR, T2, inspection("i-1")),
+        ev("e-i2", LABOUR, T2, inspection("i-2")),
+        ev("e-v1", LABOUR, T3, labour_violation("i-2")),
+    ])
+    .then_ok(ev("e-v2", LABOUR, T3, labour_violation("i-2")));
+    assert_eq!(
+        v.inspections
+            .iter()
+            .map(|i| (i.inspection_id.as_str(), i.opened_at, i.violations.len()))
+            .collect::<Vec<_>>(),
+        [("i-1", Some(t(T2)), 0), ("i-2", Some(t(T2)), 2)]
+    );
+    assert_eq!(v.inspections[0].employer, "factory");
+    assert!(
+        v.obligations
+            .iter()
+            .all(|o| o.kind == ObligationKind::ReferralResponse as i32),
+        "inspections create no obligation"
     );
 }
 
@@ -564,13 +700,26 @@ fn legal_aid_counts_working_days_in_china_standard_time() {
         obligation(&v, "legal_aid_decision/la-1").due_at,
         Some(t("2026-03-11T02:00:00Z"))
     );
-    let v = s()
-        .given(vec![ev("e-la", JUSTICE, T1, aid_applied("la-1"))])
-        .then_ok(ev("e-d", JUSTICE, T2, aid_decided("la-1", true)));
+    let s = s().given(vec![ev("e-la", JUSTICE, T1, aid_applied("la-1"))]);
+    let app = &s.view().legal_aid[0];
     assert_eq!(
-        obligation(&v, "legal_aid_decision/la-1").fulfilled_by_event_id,
-        "e-d"
+        (app.application_id.as_str(), app.applied_at, app.decided),
+        ("la-1", Some(t(T1)), false)
     );
+    let s = s.given(vec![ev("e-d", JUSTICE, T2, aid_decided("la-1", true))]);
+    let o = obligation(s.view(), "legal_aid_decision/la-1");
+    assert_eq!(o.fulfilled_by_event_id, "e-d");
+    assert_eq!(
+        o.description, "Justice bureau to decide legal-aid application la-1",
+        "the outcome is on the record, not in the description"
+    );
+    let app = &s.view().legal_aid[0];
+    assert!(app.decided && app.granted && !app.lawyer_assigned);
+    assert_eq!(app.decided_at, Some(t(T2)));
+    let v = s.then_ok(ev("e-l", JUSTICE, T3, lawyer("la-1")));
+    let app = &v.legal_aid[0];
+    assert!(app.lawyer_assigned);
+    assert_eq!(app.lawyer_assigned_at, Some(t(T3)));
 }
 
 #[test]
