@@ -14,7 +14,7 @@ pub const EVENTS_SUBJECT_PREFIX: &str = "lianxi.v1.events";
 pub const MAX_ID_LEN: usize = 64;
 
 /// Every real agency, in agency-number order.
-pub(crate) const ALL_AGENCIES: [Agency; 7] = [
+pub const ALL_AGENCIES: [Agency; 7] = [
     Agency::PoliticalLegalCommittee,
     Agency::Police,
     Agency::Court,

@@ -71,8 +71,8 @@ mod validate;
 mod view;
 
 pub use agency::{
-    EVENTS_SUBJECT_PREFIX, MAX_ID_LEN, agency_from_token, agency_name, agency_token, event_subject,
-    parse_subject,
+    ALL_AGENCIES, EVENTS_SUBJECT_PREFIX, MAX_ID_LEN, agency_from_token, agency_name, agency_token,
+    event_subject, parse_subject,
 };
 pub use context::{Context, EntryMeta, PriorCase};
 pub use describe::{describe, kind, person_ref};

@@ -252,42 +252,36 @@ impl Log {
         after_stream_sequence: u64,
         limit: usize,
     ) -> Result<Vec<RejectionRecord>> {
-        let start = keys::seq(keys::REJECTION, after_stream_sequence.saturating_add(1));
-        let mut out = Vec::new();
-        for item in self.inner.tree.range(start..) {
-            let (k, v) = item?;
-            if k.first() != Some(&keys::REJECTION) || out.len() >= limit {
-                break;
-            }
-            out.push(
-                RejectionRecord::decode(v.as_ref()).map_err(|e| Error::Corruption {
-                    at: Location::Key(hex::encode(&k)),
-                    detail: e.to_string(),
-                })?,
-            );
-        }
-        Ok(out)
+        self.records(keys::REJECTION, after_stream_sequence, limit)
     }
 
-    /// Duplicate messages, in stream order.
+    /// Duplicate messages, in stream order, after `after_stream_sequence`.
     pub fn duplicates(
         &self,
         after_stream_sequence: u64,
         limit: usize,
     ) -> Result<Vec<DuplicateRecord>> {
-        let start = keys::seq(keys::DUPLICATE, after_stream_sequence.saturating_add(1));
+        self.records(keys::DUPLICATE, after_stream_sequence, limit)
+    }
+
+    /// Records keyed by stream sequence under `prefix`, in order.
+    fn records<M: Message + Default>(
+        &self,
+        prefix: u8,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<M>> {
+        let start = keys::seq(prefix, after.saturating_add(1));
         let mut out = Vec::new();
         for item in self.inner.tree.range(start..) {
             let (k, v) = item?;
-            if k.first() != Some(&keys::DUPLICATE) || out.len() >= limit {
+            if k.first() != Some(&prefix) || out.len() >= limit {
                 break;
             }
-            out.push(
-                DuplicateRecord::decode(v.as_ref()).map_err(|e| Error::Corruption {
-                    at: Location::Key(hex::encode(&k)),
-                    detail: e.to_string(),
-                })?,
-            );
+            out.push(M::decode(v.as_ref()).map_err(|e| Error::Corruption {
+                at: Location::Key(hex::encode(&k)),
+                detail: e.to_string(),
+            })?);
         }
         Ok(out)
     }

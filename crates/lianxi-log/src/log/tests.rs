@@ -10,15 +10,7 @@ use rand::{Rng, SeedableRng};
 
 use super::*;
 
-const AGENCIES: [Agency; 7] = [
-    Agency::PoliticalLegalCommittee,
-    Agency::Police,
-    Agency::Court,
-    Agency::CivilAffairs,
-    Agency::Labour,
-    Agency::WomensFederation,
-    Agency::JusticeBureau,
-];
+const AGENCIES: [Agency; 7] = lianxi_domain::ALL_AGENCIES;
 
 fn ts(seconds: i64) -> Timestamp {
     Timestamp { seconds, nanos: 0 }
