@@ -9,6 +9,7 @@ mod publish;
 mod query;
 mod render;
 mod serve;
+mod simulate;
 
 use std::path::PathBuf;
 
@@ -75,7 +76,13 @@ enum Command {
         nats: NatsArgs,
         /// File of events (JSON lines); `-` or absent reads standard input.
         file: Option<PathBuf>,
+        /// Print only the summary, not a line per event.
+        #[arg(long, short)]
+        quiet: bool,
     },
+    /// Print a realistic, deterministic workload of a city's cases as JSON
+    /// lines, for `lianxi publish`.
+    Simulate(simulate::Args),
     /// Show the coordinated status of a case.
     Case {
         case_id: String,
@@ -117,10 +124,15 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // A node logs what it does; a command-line client only what went wrong.
+    let default_level = match cli.command {
+        Command::Serve { .. } => "info",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("LIANXI_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -152,7 +164,10 @@ fn main() -> std::process::ExitCode {
                 })
                 .await
             }
-            Command::Publish { nats, file } => publish::run(&nats.nats_url, file).await,
+            Command::Publish { nats, file, quiet } => {
+                publish::run(&nats.nats_url, file, quiet).await
+            }
+            Command::Simulate(args) => simulate::run(args),
             Command::Case {
                 case_id,
                 grpc,

@@ -2,6 +2,7 @@
 //! published on its agency's subject with its event id as the JetStream
 //! message id.
 
+use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -11,7 +12,7 @@ use async_nats::jetstream::message::PublishMessage as Publish;
 use lianxi_proto::v1::Event;
 use prost::Message;
 
-pub(crate) async fn run(nats_url: &str, file: Option<PathBuf>) -> Result<()> {
+pub(crate) async fn run(nats_url: &str, file: Option<PathBuf>, quiet: bool) -> Result<()> {
     let (name, reader): (String, Box<dyn BufRead>) = match file {
         Some(p) if p.as_os_str() != "-" => {
             let f = std::fs::File::open(&p)
@@ -61,7 +62,12 @@ pub(crate) async fn run(nats_url: &str, file: Option<PathBuf>) -> Result<()> {
             format!("cannot reach NATS at {nats_url}; is nats-server running? set --nats-url or LIANXI_NATS_URL")
         })?;
     let js = async_nats::jetstream::new(client);
+    // Acknowledgements are awaited in order with a bounded number in flight,
+    // so a large file goes out at bus speed without unbounded memory.
+    let started = std::time::Instant::now();
+    let mut in_flight = VecDeque::new();
     let mut last = 0;
+    let mut duplicates = 0usize;
     for (line, subject, event) in &events {
         let ack = js
             .send_publish(
@@ -71,15 +77,46 @@ pub(crate) async fn run(nats_url: &str, file: Option<PathBuf>) -> Result<()> {
                     .message_id(event.event_id.clone()),
             )
             .await
-            .with_context(|| format!("line {line}: publishing {} failed", event.event_id))?
-            .await
-            .with_context(|| {
-                format!(
-                    "line {line}: JetStream did not store {}; is the LIANXI_EVENTS stream there (start `lianxi serve` once)?",
-                    event.event_id
-                )
-            })?;
-        last = ack.sequence;
+            .with_context(|| format!("line {line}: publishing {} failed", event.event_id))?;
+        in_flight.push_back((*line, subject, event, ack));
+        if in_flight.len() >= MAX_IN_FLIGHT {
+            let (line, subject, event, ack) = in_flight.pop_front().expect("not empty");
+            let (seq, dup) = confirm(line, subject, event, ack, quiet).await?;
+            last = last.max(seq);
+            duplicates += usize::from(dup);
+        }
+    }
+    while let Some((line, subject, event, ack)) = in_flight.pop_front() {
+        let (seq, dup) = confirm(line, subject, event, ack, quiet).await?;
+        last = last.max(seq);
+        duplicates += usize::from(dup);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "{} events published ({duplicates} already on the stream) in {secs:.2} s ({:.0} events/s); last stream sequence {last}",
+        events.len(),
+        events.len() as f64 / secs.max(1e-9)
+    );
+    Ok(())
+}
+
+/// Most publishes awaiting their acknowledgement at once.
+const MAX_IN_FLIGHT: usize = 512;
+
+async fn confirm(
+    line: usize,
+    subject: &str,
+    event: &Event,
+    ack: async_nats::jetstream::context::PublishAckFuture,
+    quiet: bool,
+) -> Result<(u64, bool)> {
+    let ack = ack.await.with_context(|| {
+        format!(
+            "line {line}: JetStream did not store {}; is the LIANXI_EVENTS stream there (start `lianxi serve` once)?",
+            event.event_id
+        )
+    })?;
+    if !quiet {
         let note = if ack.duplicate {
             "  (duplicate: already on the stream)"
         } else {
@@ -90,9 +127,5 @@ pub(crate) async fn run(nats_url: &str, file: Option<PathBuf>) -> Result<()> {
             event.event_id, subject, ack.sequence
         );
     }
-    println!(
-        "{} events published; last stream sequence {last}",
-        events.len()
-    );
-    Ok(())
+    Ok((ack.sequence, ack.duplicate))
 }
