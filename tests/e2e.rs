@@ -494,25 +494,20 @@ async fn the_command_line_publishes_json_lines_and_shows_the_case() {
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
 
     let (ok, out, err) = lianxi(&["publish", demo], &env);
-    assert!(ok, "publish failed: {err}");
-    let last: String = out
-        .lines()
-        .last()
-        .unwrap()
-        .rsplit(' ')
-        .next()
-        .unwrap()
-        .to_owned();
-    let published = out.lines().filter(|l| l.starts_with("published")).count();
+    assert!(ok, "publish failed: {out} {err}");
+    // One receipt per event; the node has applied them when publish returns.
+    let published = out.lines().filter(|l| l.starts_with("accepted ")).count();
     assert!(published > 20, "{out}");
+    assert!(
+        out.contains(&format!("{published} accepted, 0 duplicates, 0 rejected")),
+        "{out}"
+    );
 
     let (ok, out, err) = lianxi(
         &[
             "case",
             "DV-2026-0117",
             "--json",
-            "--wait-for",
-            &last,
             "--now",
             "2026-11-29T09:00:00+08:00",
         ],
@@ -541,6 +536,34 @@ async fn the_command_line_publishes_json_lines_and_shows_the_case() {
         published,
         "{out}"
     );
+
+    // Publishing the same file again: every event is a duplicate, exit 0.
+    let (ok, out, err) = lianxi(&["publish", "--quiet", demo], &env);
+    assert!(ok, "{out} {err}");
+    assert!(
+        out.contains(&format!("0 accepted, {published} duplicates, 0 rejected")),
+        "{out}"
+    );
+
+    // A rejected event: exit non-zero with the reason, kept for `lianxi rejections`.
+    let bad = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        bad.path(),
+        r#"{"eventId":"bad-1","caseId":"DV-2026-0117","agency":"AGENCY_COURT","occurredAt":"2026-11-21T01:00:00Z","writtenWarningIssued":{"warningId":"W-X","respondentRef":"R"}}"#,
+    )
+    .unwrap();
+    let (ok, out, err) = lianxi(&["publish", bad.path().to_str().unwrap()], &env);
+    assert!(!ok, "{out}");
+    assert!(out.contains("REJECTED   bad-1"), "{out}");
+    assert!(err.contains("REJECTION_CODE_NOT_PERMITTED"), "{err}");
+    let (ok, out, err) = lianxi(&["rejections", "--agency", "court"], &env);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("1 rejected message(s)") && out.contains("bad-1"),
+        "{out}"
+    );
+    let (ok, out, _) = lianxi(&["rejections", "--agency", "police"], &env);
+    assert!(ok && out.contains("0 rejected message(s)"), "{out}");
 
     // A line that is not an event: nothing is sent, the line is named.
     let bad = tempfile::NamedTempFile::new().unwrap();
@@ -615,4 +638,85 @@ async fn a_simulated_city_lands_exactly_once_with_every_bad_event_kept() {
     let incremental = log.view_bytes().unwrap();
     log.rebuild().unwrap();
     assert_eq!(log.view_bytes().unwrap(), incremental);
+}
+
+#[tokio::test]
+async fn node_and_client_ride_out_a_nats_server_restart() {
+    let nats = Nats::start();
+    let data = tempfile::tempdir().unwrap();
+    let node = Node::start(&nats.url(), data.path());
+    wait_for_stream(&nats.jetstream().await).await;
+    let client = lianxi_client::Client::connect(
+        &nats.url(),
+        lianxi_client::Options {
+            receipt_timeout: Duration::from_secs(60),
+            publish_attempts: 40,
+            ..lianxi_client::Options::for_agency(Agency::WomensFederation)
+        },
+    )
+    .await
+    .unwrap();
+    let case = "DV-E2E-RESTART";
+    let progress = |i: i64| {
+        event(
+            &format!("r{i}"),
+            case,
+            Agency::WomensFederation,
+            T0 + i * 60,
+            Body::ProgressReported(pb::ProgressReported {
+                summary: format!("call {i}"),
+            }),
+        )
+    };
+    let r = client
+        .publish(&opened("r0", case, Agency::WomensFederation, T0))
+        .await
+        .unwrap();
+    assert_eq!(r.status, pb::ReceiptStatus::Accepted as i32);
+    assert_eq!((r.global_sequence, r.case_sequence), (1, 1));
+    for i in 1..=10 {
+        let r = client.publish(&progress(i)).await.unwrap();
+        assert_eq!(r.status, pb::ReceiptStatus::Accepted as i32, "{r:?}");
+    }
+
+    // The bus goes down and comes back on the same port with its store.
+    let (store, port) = nats.stop();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let nats = Nats::start_with_store(store, port);
+
+    // The same client and the same node carry on: receipts for new events,
+    // in order, nothing lost, nothing repeated.
+    for i in 11..=20 {
+        let r = client.publish(&progress(i)).await.unwrap();
+        assert_eq!(r.status, pb::ReceiptStatus::Accepted as i32, "{r:?}");
+        assert_eq!(r.case_sequence, i as u64 + 1);
+    }
+    // A retry of an old event is answered as a duplicate of the original.
+    let again = client.publish(&progress(5)).await.unwrap();
+    assert_eq!(
+        again.status,
+        pb::ReceiptStatus::Duplicate as i32,
+        "{again:?}"
+    );
+    assert_eq!(again.original_global_sequence, 6);
+    // An event for another agency is refused before it reaches the bus.
+    let police = opened("p1", "OTHER", Agency::Police, T0);
+    assert!(matches!(
+        client.publish(&police).await,
+        Err(lianxi_client::Error::WrongAgency { .. })
+    ));
+
+    let mut grpc = node.client().await;
+    let view = grpc
+        .get_case(GetCaseRequest {
+            case_id: case.into(),
+            now: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .view
+        .unwrap();
+    assert_eq!(view.case_sequence, 21);
+    drop(nats);
 }

@@ -15,6 +15,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "lianxi/v1/events.proto",
         "lianxi/v1/view.proto",
         "lianxi/v1/cases.proto",
+        "lianxi/v1/receipts.proto",
     ]
     .map(|f| root.join(f));
     for f in &files {

@@ -78,6 +78,56 @@ impl Nats {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// Starts a server from a configuration file on a free port with a
+    /// temporary store (`-c conf -p PORT -sd DIR -a 127.0.0.1`), with `envs`
+    /// added to its environment (for the `$VARIABLE`s the file names). The
+    /// server's log goes to `nats-server.log` in the store directory, next to
+    /// `jetstream/`; a server that exits at start-up fails the test with it.
+    pub fn start_with_config(conf: &Path, envs: &[(&str, &str)]) -> Nats {
+        let store = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let bin = nats_server_bin();
+        let log_path = store.path().join("nats-server.log");
+        let log = std::fs::File::create(&log_path).expect("server log file");
+        let mut child = Command::new(&bin)
+            .arg("-c")
+            .arg(conf)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(store.path())
+            .envs(envs.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start {}: {e}; run scripts/test (it installs nats-server) or set NATS_SERVER_BIN",
+                    bin.display()
+                )
+            });
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "nats-server -c {} exited ({status}): {}",
+                    conf.display(),
+                    std::fs::read_to_string(&log_path).unwrap_or_default()
+                );
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "nats-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Nats { child, port, store }
+    }
+
+    /// What a server started with [`Nats::start_with_config`] has logged so
+    /// far (empty for the others).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.store.path().join("nats-server.log")).unwrap_or_default()
+    }
+
     /// Stops the server and hands back its store, for a restart.
     pub fn stop(mut self) -> (tempfile::TempDir, u16) {
         let _ = self.child.kill();
@@ -137,6 +187,60 @@ impl Node {
             grpc_addr,
             _stdout: stdout,
         }
+    }
+
+    /// Like [`Node::start`], but gives up after `within` when the node has not
+    /// reported its gRPC address (for example because it cannot log in to
+    /// NATS and keeps retrying), instead of waiting forever. The node is
+    /// killed then; what it printed went to the test's stderr.
+    pub fn start_within(nats_url: &str, data_dir: &Path, within: Duration) -> Result<Node, String> {
+        let mut child = Command::new(LIANXI)
+            .arg("serve")
+            .env("LIANXI_NATS_URL", nats_url)
+            .env("LIANXI_DATA_DIR", data_dir)
+            .env("LIANXI_GRPC_ADDR", "127.0.0.1:0")
+            .env("LIANXI_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start lianxi serve");
+        let stdout = child.stdout.take().expect("node stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut stdout = BufReader::new(stdout);
+            let mut line = String::new();
+            let read = stdout.read_line(&mut line);
+            let _ = tx.send((read.map(|_| line), stdout));
+        });
+        let (line, stdout) = match rx.recv_timeout(within) {
+            Ok((Ok(line), stdout)) => (line, stdout),
+            Ok((Err(e), _)) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("cannot read the node's first line: {e}"));
+            }
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "the node did not report its gRPC address within {within:?} (its stderr is above)"
+                ));
+            }
+        };
+        let Some(grpc_addr) = line
+            .split_whitespace()
+            .find(|w| w.starts_with("127.0.0.1:"))
+            .map(|w| w.trim_end_matches(',').to_owned())
+        else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("node did not report its address: {line:?}"));
+        };
+        Ok(Node {
+            child,
+            grpc_addr,
+            _stdout: stdout,
+        })
     }
 
     pub async fn client(&self) -> CasesClient<Channel> {

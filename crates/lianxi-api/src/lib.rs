@@ -9,9 +9,10 @@
 use lianxi_log::Log;
 use lianxi_proto::Timestamp;
 use lianxi_proto::v1::cases_server::{Cases, CasesServer};
+use lianxi_proto::v1::intake_server::{Intake, IntakeServer};
 use lianxi_proto::v1::{
-    GetCaseRequest, GetCaseResponse, GetTimelineRequest, GetTimelineResponse, LogEntry,
-    TimelineEntry,
+    Agency, GetCaseRequest, GetCaseResponse, GetTimelineRequest, GetTimelineResponse,
+    ListRejectionsRequest, ListRejectionsResponse, LogEntry, TimelineEntry,
 };
 use tonic::{Request, Response, Status};
 
@@ -34,6 +35,83 @@ impl CasesApi {
     /// The tonic server for this service.
     pub fn into_server(self) -> CasesServer<CasesApi> {
         CasesServer::new(self)
+    }
+}
+
+/// The `Intake` service: what the node did with what agencies sent.
+#[derive(Clone)]
+pub struct IntakeApi {
+    log: Log,
+}
+
+impl IntakeApi {
+    pub fn new(log: Log) -> Self {
+        IntakeApi { log }
+    }
+
+    pub fn into_server(self) -> IntakeServer<IntakeApi> {
+        IntakeServer::new(self)
+    }
+}
+
+fn page_size(requested: u32) -> Result<usize, Status> {
+    match requested {
+        0 => Ok(DEFAULT_PAGE_SIZE as usize),
+        n if n > MAX_PAGE_SIZE => Err(Status::invalid_argument(format!(
+            "page_size {n} is above the maximum of {MAX_PAGE_SIZE}; ask for a smaller page and follow the cursor"
+        ))),
+        n => Ok(n as usize),
+    }
+}
+
+#[tonic::async_trait]
+impl Intake for IntakeApi {
+    #[tracing::instrument(skip_all, fields(agency = request.get_ref().agency))]
+    async fn list_rejections(
+        &self,
+        request: Request<ListRejectionsRequest>,
+    ) -> Result<Response<ListRejectionsResponse>, Status> {
+        let req = request.into_inner();
+        let agency = Agency::try_from(req.agency).map_err(|_| {
+            Status::invalid_argument(format!("agency {} is not a known agency", req.agency))
+        })?;
+        let size = page_size(req.page_size)?;
+        let log = self.log.clone();
+        let mut after = req.after_stream_sequence;
+        // Filtering by agency may skip records; scan in bounded chunks until
+        // a page is full or the records run out.
+        let (rejections, more) = tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            loop {
+                let chunk = log.rejections(after, 1000)?;
+                let exhausted = chunk.len() < 1000;
+                for r in chunk {
+                    after = r.stream_sequence;
+                    let receipt = lianxi_log::rejection_receipt(&r);
+                    if agency == Agency::Unspecified || receipt.agency == agency as i32 {
+                        if out.len() == size {
+                            return Ok::<_, lianxi_log::Error>((out, true));
+                        }
+                        out.push(receipt);
+                    }
+                }
+                if exhausted {
+                    return Ok((out, false));
+                }
+            }
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(status)?;
+        let next = if more {
+            rejections.last().map_or(0, |r| r.stream_sequence)
+        } else {
+            0
+        };
+        Ok(Response::new(ListRejectionsResponse {
+            rejections,
+            next_after_stream_sequence: next,
+        }))
     }
 }
 
@@ -128,15 +206,7 @@ impl Cases for CasesApi {
     ) -> Result<Response<GetTimelineResponse>, Status> {
         let req = request.into_inner();
         check_case_id(&req.case_id)?;
-        let size = match req.page_size {
-            0 => DEFAULT_PAGE_SIZE,
-            n if n > MAX_PAGE_SIZE => {
-                return Err(Status::invalid_argument(format!(
-                    "page_size {n} is above the maximum of {MAX_PAGE_SIZE}; ask for a smaller page and follow next_after_case_sequence"
-                )));
-            }
-            n => n,
-        } as usize;
+        let size = page_size(req.page_size)?;
         let applied = self.log.checkpoint().stream_sequence;
         let log = self.log.clone();
         let case_id = req.case_id.clone();

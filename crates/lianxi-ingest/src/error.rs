@@ -10,6 +10,8 @@ pub enum Error {
     Consumer(String),
     #[error("writing the log: {0}")]
     Log(#[from] lianxi_log::Error),
+    #[error("publishing receipts or answering lookups: {0}")]
+    Receipts(String),
     #[error("the log writer task failed: {0}")]
     Task(String),
 }

@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 mod error;
+mod receipts;
 
 use std::time::Duration;
 
@@ -19,6 +20,10 @@ use lianxi_proto::Timestamp;
 use tokio::sync::watch;
 
 pub use error::{Error, Result};
+pub use receipts::{
+    LOOKUP_PREFIX, RECEIPTS_PREFIX, RECEIPTS_STREAM, ensure_receipts_stream, receipt_subject,
+    run_lookups, run_receipts,
+};
 
 /// The stream every node reads.
 pub const STREAM_NAME: &str = "LIANXI_EVENTS";

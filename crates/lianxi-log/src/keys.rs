@@ -15,8 +15,16 @@ pub(crate) const REJECTION: u8 = b'R';
 pub(crate) const DUPLICATE: u8 = b'U';
 /// `P` + person ref -> latest case opened for that person (derived, rebuilt).
 pub(crate) const PERSON: u8 = b'P';
+/// `S` + stream sequence -> global sequence of the entry it became.
+pub(crate) const BY_STREAM: u8 = b'S';
+/// `X` + event id -> stream sequence of the latest rejection of that id.
+pub(crate) const REJECTED_ID: u8 = b'X';
 /// `M` + name -> metadata: the checkpoint.
 pub(crate) const CHECKPOINT: &[u8] = b"Mcheckpoint";
+/// `M` + name -> metadata: the last stream sequence whose receipt the bus
+/// acknowledged. Written outside the group batches; losing it only means
+/// receipts are sent again (and deduplicated by their message id).
+pub(crate) const RECEIPTS_SENT: &[u8] = b"Mreceipts";
 
 pub(crate) fn seq(prefix: u8, n: u64) -> [u8; 9] {
     let mut k = [0u8; 9];

@@ -12,9 +12,11 @@
 mod error;
 mod keys;
 mod log;
+mod receipts;
 
 pub use error::{Error, Location, Result};
 pub use log::{
     EventOutcome, GroupReport, Incoming, Log, MAX_EVENT_BYTES, RebuildReport, VerifyReport,
     entry_hash,
 };
+pub use receipts::rejected as rejection_receipt;

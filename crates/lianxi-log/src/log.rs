@@ -5,14 +5,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use lianxi_domain::{Context, EntryMeta, Policy, PriorCase, Rejection};
 use lianxi_proto::Timestamp;
 use lianxi_proto::v1::{
-    CaseView, Checkpoint, DuplicateRecord, Event, LogEntry, RejectionCode, RejectionRecord,
-    event::Body,
+    CaseView, Checkpoint, DuplicateRecord, Event, LogEntry, Receipt, RejectionCode,
+    RejectionRecord, event::Body,
 };
 use prost::Message;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Location, Result};
 use crate::keys;
+use crate::receipts;
 
 /// The largest event the node accepts, in bytes. Larger messages are
 /// rejected (and kept, cut to this size) rather than stored.
@@ -114,8 +115,12 @@ struct Inner {
     db: sled::Db,
     tree: sled::Tree,
     policy: Policy,
-    /// The single writer's state: the checkpoint as of the last flushed group.
+    /// The single writer's state: the checkpoint as of the last flushed
+    /// group. Held for a whole group, flush included.
     writer: Mutex<Checkpoint>,
+    /// A copy of the checkpoint for readers, replaced after each flush, so
+    /// that a query never waits for a group to be written.
+    published: Mutex<Checkpoint>,
 }
 
 /// Computes an entry's hash: SHA-256 over the domain tag and the entry
@@ -151,7 +156,8 @@ impl Log {
                 db,
                 tree,
                 policy,
-                writer: Mutex::new(checkpoint),
+                writer: Mutex::new(checkpoint.clone()),
+                published: Mutex::new(checkpoint),
             }),
         })
     }
@@ -160,9 +166,14 @@ impl Log {
         &self.inner.policy
     }
 
-    /// The checkpoint as of the last flushed group.
+    /// The checkpoint as of the last flushed group. Never waits for a group
+    /// being written.
     pub fn checkpoint(&self) -> Checkpoint {
-        self.writer().clone()
+        self.inner
+            .published
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 
     fn writer(&self) -> MutexGuard<'_, Checkpoint> {
@@ -192,6 +203,11 @@ impl Log {
             self.inner.tree.apply_batch(batch)?;
             self.inner.db.flush()?;
             *cp = next;
+            *self
+                .inner
+                .published
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()) = cp.clone();
         }
         Ok(GroupReport {
             outcomes,
@@ -284,6 +300,84 @@ impl Log {
             })?);
         }
         Ok(out)
+    }
+
+    /// The receipt for the message at `stream_sequence`, if the node has
+    /// processed it (None past the checkpoint, or for a sequence the stream
+    /// never handed out).
+    pub fn receipt(&self, stream_sequence: u64) -> Result<Option<Receipt>> {
+        let tree = &self.inner.tree;
+        if let Some(g) = tree
+            .get(keys::seq(keys::BY_STREAM, stream_sequence))?
+            .as_deref()
+            .and_then(keys::be_u64)
+        {
+            let entry = read_entry(tree, g)?.ok_or_else(|| Error::Corruption {
+                at: Location::Entry(g),
+                detail: format!("stream sequence {stream_sequence} points at a missing entry"),
+            })?;
+            return Ok(Some(receipts::accepted(&entry)));
+        }
+        if let Some(b) = tree.get(keys::seq(keys::DUPLICATE, stream_sequence))? {
+            let d = DuplicateRecord::decode(b.as_ref()).map_err(|e| Error::Corruption {
+                at: Location::Key(hex::encode(keys::seq(keys::DUPLICATE, stream_sequence))),
+                detail: e.to_string(),
+            })?;
+            let case_id = read_entry(tree, d.original_global_sequence)?
+                .and_then(|e| e.event)
+                .map(|e| e.case_id)
+                .unwrap_or_default();
+            return Ok(Some(receipts::duplicate(&d, case_id)));
+        }
+        if let Some(b) = tree.get(keys::seq(keys::REJECTION, stream_sequence))? {
+            let r = RejectionRecord::decode(b.as_ref()).map_err(|e| Error::Corruption {
+                at: Location::Key(hex::encode(keys::seq(keys::REJECTION, stream_sequence))),
+                detail: e.to_string(),
+            })?;
+            return Ok(Some(receipts::rejected(&r)));
+        }
+        Ok(None)
+    }
+
+    /// The outcome for an event id: the accepted entry if there is one (a
+    /// re-sent copy is answered with the original), else its latest
+    /// rejection.
+    pub fn receipt_for_event(&self, event_id: &str) -> Result<Option<Receipt>> {
+        let tree = &self.inner.tree;
+        if let Some(g) = tree
+            .get(keys::named(keys::DEDUP, event_id))?
+            .as_deref()
+            .and_then(keys::be_u64)
+        {
+            return Ok(read_entry(tree, g)?.map(|e| receipts::accepted(&e)));
+        }
+        match tree
+            .get(keys::named(keys::REJECTED_ID, event_id))?
+            .as_deref()
+            .and_then(keys::be_u64)
+        {
+            Some(seq) => self.receipt(seq),
+            None => Ok(None),
+        }
+    }
+
+    /// The last stream sequence whose receipt the bus acknowledged.
+    pub fn receipts_sent(&self) -> Result<u64> {
+        Ok(self
+            .inner
+            .tree
+            .get(keys::RECEIPTS_SENT)?
+            .as_deref()
+            .and_then(keys::be_u64)
+            .unwrap_or(0))
+    }
+
+    /// Records that receipts up to `stream_sequence` were acknowledged.
+    pub fn set_receipts_sent(&self, stream_sequence: u64) -> Result<()> {
+        self.inner
+            .tree
+            .insert(keys::RECEIPTS_SENT, &stream_sequence.to_be_bytes())?;
+        Ok(())
     }
 
     /// Recreates every view (and the person index they depend on) from the
@@ -550,6 +644,12 @@ impl<'a> Group<'a> {
             &keys::seq(keys::REJECTION, msg.stream_sequence),
             record.encode_to_vec(),
         );
+        if !record.event_id.is_empty() {
+            self.batch.insert(
+                keys::named(keys::REJECTED_ID, &record.event_id),
+                &msg.stream_sequence.to_be_bytes(),
+            );
+        }
         EventOutcome::Rejected {
             event_id: event.map(|e| e.event_id),
             code: rejection.code,
@@ -618,6 +718,10 @@ impl<'a> Group<'a> {
         );
         self.batch.insert(
             keys::named(keys::DEDUP, &event.event_id),
+            &global_sequence.to_be_bytes(),
+        );
+        self.batch.insert(
+            &keys::seq(keys::BY_STREAM, msg.stream_sequence),
             &global_sequence.to_be_bytes(),
         );
         self.views.insert(event.case_id.clone(), view);

@@ -14,6 +14,7 @@ mod simulate;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use lianxi_proto::v1::Agency;
 
 /// lianxi (联席): the joint seat for a city's women's-rights cases.
 #[derive(Debug, Parser)]
@@ -68,6 +69,11 @@ enum Command {
         /// Replicas of the events stream when this node creates it.
         #[arg(long, env = "LIANXI_STREAM_REPLICAS", default_value_t = 1)]
         stream_replicas: usize,
+        /// JetStream's duplicate window for receipts, in seconds: copies of a
+        /// receipt sent within it (by a restarted node, or a second node)
+        /// are dropped by the bus.
+        #[arg(long, env = "LIANXI_RECEIPTS_WINDOW_SECS", default_value_t = 600)]
+        receipts_window_secs: u64,
     },
     /// Publish events, one canonical protobuf JSON object per line, each on
     /// its agency's subject.
@@ -79,6 +85,15 @@ enum Command {
         /// Print only the summary, not a line per event.
         #[arg(long, short)]
         quiet: bool,
+        /// Publish as this agency only (its NATS user may publish nothing
+        /// else): political_legal_committee, police, court, civil_affairs,
+        /// labour, womens_federation or justice_bureau.
+        #[arg(long, env = "LIANXI_AGENCY", value_parser = parse_agency)]
+        agency: Option<Agency>,
+        /// Do not wait for receipts, only for the bus to store each event
+        /// (for when no node is running).
+        #[arg(long)]
+        no_wait: bool,
     },
     /// Print a realistic, deterministic workload of a city's cases as JSON
     /// lines, for `lianxi publish`.
@@ -110,6 +125,20 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         wait_for: u64,
     },
+    /// List the messages a node rejected, with the reason for each.
+    Rejections {
+        #[command(flatten)]
+        grpc: GrpcArgs,
+        /// Only messages on this agency's subjects.
+        #[arg(long, value_parser = parse_agency)]
+        agency: Option<Agency>,
+        /// At most this many.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        /// Print canonical protobuf JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Recreate every case view from the log (the node must be stopped).
     Rebuild {
         #[command(flatten)]
@@ -120,6 +149,16 @@ enum Command {
         #[command(flatten)]
         data: DataArgs,
     },
+}
+
+fn parse_agency(token: &str) -> Result<Agency, String> {
+    lianxi_domain::agency_from_token(token).ok_or_else(|| {
+        let all: Vec<&str> = lianxi_domain::ALL_AGENCIES
+            .iter()
+            .filter_map(|a| lianxi_domain::agency_token(*a))
+            .collect();
+        format!("{token:?} is not an agency; use one of {}", all.join(", "))
+    })
 }
 
 fn main() -> std::process::ExitCode {
@@ -152,6 +191,7 @@ fn main() -> std::process::ExitCode {
                 batch_max,
                 batch_delay_ms,
                 stream_replicas,
+                receipts_window_secs,
             } => {
                 serve::run(serve::ServeConfig {
                     nats_url: nats.nats_url,
@@ -161,12 +201,17 @@ fn main() -> std::process::ExitCode {
                     batch_max,
                     batch_delay_ms,
                     stream_replicas,
+                    receipts_window_secs,
                 })
                 .await
             }
-            Command::Publish { nats, file, quiet } => {
-                publish::run(&nats.nats_url, file, quiet).await
-            }
+            Command::Publish {
+                nats,
+                file,
+                quiet,
+                agency,
+                no_wait,
+            } => publish::run(&nats.nats_url, file, agency, !no_wait, quiet).await,
             Command::Simulate(args) => simulate::run(args),
             Command::Case {
                 case_id,
@@ -181,6 +226,12 @@ fn main() -> std::process::ExitCode {
                 json,
                 wait_for,
             } => query::timeline(&grpc.grpc_addr, &case_id, json, wait_for).await,
+            Command::Rejections {
+                grpc,
+                agency,
+                limit,
+                json,
+            } => query::rejections(&grpc.grpc_addr, agency, json, limit).await,
             Command::Rebuild { data } => offline::rebuild(&data.data_dir, data.policy.as_deref()),
             Command::Verify { data } => offline::verify(&data.data_dir, data.policy.as_deref()),
         }

@@ -1,6 +1,7 @@
 //! `lianxi publish`: events as canonical protobuf JSON, one per line, each
-//! published on its agency's subject with its event id as the JetStream
-//! message id.
+//! published on its agency's subject through the agency client library,
+//! with a receipt per event (or, with `--no-wait`, only the bus's
+//! acknowledgement).
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
@@ -9,10 +10,17 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use async_nats::jetstream::message::PublishMessage as Publish;
-use lianxi_proto::v1::Event;
+use lianxi_client::{Client, Options};
+use lianxi_proto::v1::{Agency, Event, ReceiptStatus, RejectionCode};
 use prost::Message;
 
-pub(crate) async fn run(nats_url: &str, file: Option<PathBuf>, quiet: bool) -> Result<()> {
+pub(crate) async fn run(
+    nats_url: &str,
+    file: Option<PathBuf>,
+    agency: Option<Agency>,
+    wait: bool,
+    quiet: bool,
+) -> Result<()> {
     let (name, reader): (String, Box<dyn BufRead>) = match file {
         Some(p) if p.as_os_str() != "-" => {
             let f = std::fs::File::open(&p)
@@ -53,13 +61,102 @@ pub(crate) async fn run(nats_url: &str, file: Option<PathBuf>, quiet: bool) -> R
         );
     }
 
-    let client = async_nats::ConnectOptions::new()
+    if !wait {
+        return publish_only(nats_url, &events, quiet).await;
+    }
+    let options = Options {
+        agency,
+        name: "lianxi-publish".into(),
+        ..Options::default()
+    };
+    let client = Client::connect(nats_url, options).await?;
+    let started = std::time::Instant::now();
+    let results = client
+        .publish_all(events.iter().map(|(_, _, e)| e.clone()))
+        .await;
+    let secs = started.elapsed().as_secs_f64();
+    let (mut accepted, mut duplicates) = (0usize, 0usize);
+    let mut rejected = Vec::new();
+    let mut failed = Vec::new();
+    for ((line, _, event), result) in events.iter().zip(results) {
+        match result {
+            Ok(r) => match ReceiptStatus::try_from(r.status) {
+                Ok(ReceiptStatus::Accepted) => {
+                    accepted += 1;
+                    if !quiet {
+                        println!(
+                            "accepted   {:<24} case {} #{} (log #{}, hash {})",
+                            r.event_id,
+                            r.case_id,
+                            r.case_sequence,
+                            r.global_sequence,
+                            r.entry_hash.get(..16).unwrap_or(&r.entry_hash)
+                        );
+                    }
+                }
+                Ok(ReceiptStatus::Duplicate) => {
+                    duplicates += 1;
+                    if !quiet {
+                        println!(
+                            "duplicate  {:<24} already in the log as #{}",
+                            r.event_id, r.original_global_sequence
+                        );
+                    }
+                }
+                _ => {
+                    let code = RejectionCode::try_from(r.code)
+                        .map(|c| c.as_str_name())
+                        .unwrap_or("UNKNOWN");
+                    if !quiet {
+                        println!("REJECTED   {:<24} {code}: {}", r.event_id, r.reason);
+                    }
+                    rejected.push(format!("line {line}: {} {code}: {}", r.event_id, r.reason));
+                }
+            },
+            Err(e) => {
+                if !quiet {
+                    println!("NO RECEIPT {:<24} {e}", event.event_id);
+                }
+                failed.push(format!("line {line}: {e}"));
+            }
+        }
+    }
+    println!(
+        "{} events: {accepted} accepted, {duplicates} duplicates, {} rejected, {} without a receipt, in {secs:.2} s ({:.0} events/s)",
+        events.len(),
+        rejected.len(),
+        failed.len(),
+        events.len() as f64 / secs.max(1e-9)
+    );
+    if !rejected.is_empty() || !failed.is_empty() {
+        let mut lines = rejected;
+        lines.extend(failed);
+        bail!(
+            "{} event(s) not stored:\n  {}\nfix the rejected events and publish them under new event ids; events without a receipt can be published again as they are",
+            lines.len(),
+            lines.join("\n  ")
+        );
+    }
+    Ok(())
+}
+
+/// Publishes to the bus only, waiting for the bus's acknowledgements but not
+/// for receipts (for when no node is running).
+async fn publish_only(
+    nats_url: &str,
+    events: &[(usize, String, Event)],
+    quiet: bool,
+) -> Result<()> {
+    let client = lianxi_client::connect_options(nats_url)
         .name("lianxi-publish")
         .connection_timeout(Duration::from_secs(5))
         .connect(nats_url)
         .await
         .with_context(|| {
-            format!("cannot reach NATS at {nats_url}; is nats-server running? set --nats-url or LIANXI_NATS_URL")
+            format!(
+                "cannot reach NATS at {}; is nats-server running? set --nats-url or LIANXI_NATS_URL",
+                lianxi_client::redact(nats_url)
+            )
         })?;
     let js = async_nats::jetstream::new(client);
     // Acknowledgements are awaited in order with a bounded number in flight,
@@ -68,7 +165,7 @@ pub(crate) async fn run(nats_url: &str, file: Option<PathBuf>, quiet: bool) -> R
     let mut in_flight = VecDeque::new();
     let mut last = 0;
     let mut duplicates = 0usize;
-    for (line, subject, event) in &events {
+    for (line, subject, event) in events {
         let ack = js
             .send_publish(
                 subject.clone(),

@@ -117,3 +117,50 @@ pub(crate) async fn timeline(addr: &str, case_id: &str, json: bool, wait_for: u6
     }
     Ok(())
 }
+
+pub(crate) async fn rejections(
+    addr: &str,
+    agency: Option<lianxi_proto::v1::Agency>,
+    json: bool,
+    limit: usize,
+) -> Result<()> {
+    use lianxi_proto::v1::ListRejectionsRequest;
+    use lianxi_proto::v1::intake_client::IntakeClient;
+    let url = if addr.contains("://") {
+        addr.to_owned()
+    } else {
+        format!("http://{addr}")
+    };
+    let mut client = IntakeClient::connect(url).await.with_context(|| {
+        format!("cannot reach a lianxi node at {addr}; is `lianxi serve` running? set --grpc-addr or LIANXI_GRPC_ADDR")
+    })?;
+    let mut all = Vec::new();
+    let mut after = 0;
+    while all.len() < limit {
+        let page = client
+            .list_rejections(ListRejectionsRequest {
+                agency: agency.map_or(0, |a| a as i32),
+                after_stream_sequence: after,
+                page_size: 1000,
+            })
+            .await
+            .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+            .into_inner();
+        all.extend(page.rejections);
+        if page.next_after_stream_sequence == 0 {
+            break;
+        }
+        after = page.next_after_stream_sequence;
+    }
+    all.truncate(limit);
+    if json {
+        let reply = lianxi_proto::v1::ListRejectionsResponse {
+            rejections: all,
+            next_after_stream_sequence: 0,
+        };
+        println!("{}", serde_json::to_string_pretty(&reply)?);
+    } else {
+        print!("{}", render::rejections(&all));
+    }
+    Ok(())
+}

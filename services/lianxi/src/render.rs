@@ -177,3 +177,28 @@ pub(crate) fn timeline(case_id: &str, entries: &[TimelineEntry]) -> String {
     }
     s
 }
+
+pub(crate) fn rejections(list: &[lianxi_proto::v1::Receipt]) -> String {
+    use lianxi_proto::v1::RejectionCode;
+    let mut s = String::new();
+    let _ = writeln!(s, "{} rejected message(s)", list.len());
+    for r in list {
+        let code = enum_words::<RejectionCode>(r.code, "REJECTION_CODE_", |e| e.as_str_name());
+        let id = if r.event_id.is_empty() {
+            "(unreadable)"
+        } else {
+            r.event_id.as_str()
+        };
+        let _ = writeln!(
+            s,
+            "  #{:<7} {}  {:<26} {:<24} {}",
+            r.stream_sequence,
+            time(r.recorded_at.as_ref()),
+            agency(r.agency),
+            id,
+            code
+        );
+        let _ = writeln!(s, "           {}", r.reason);
+    }
+    s
+}

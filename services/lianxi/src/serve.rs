@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use lianxi_api::CasesApi;
+use lianxi_api::{CasesApi, IntakeApi};
 use lianxi_ingest::IngestConfig;
 use lianxi_log::Log;
 use tokio::sync::watch;
@@ -27,6 +27,7 @@ pub(crate) struct ServeConfig {
     pub(crate) batch_max: usize,
     pub(crate) batch_delay_ms: u64,
     pub(crate) stream_replicas: usize,
+    pub(crate) receipts_window_secs: u64,
 }
 
 pub(crate) async fn run(config: ServeConfig) -> Result<()> {
@@ -47,7 +48,8 @@ pub(crate) async fn run(config: ServeConfig) -> Result<()> {
         "log opened"
     );
 
-    let client = async_nats::ConnectOptions::new()
+    let shown_url = lianxi_client::redact(&config.nats_url);
+    let client = lianxi_client::connect_options(&config.nats_url)
         .name("lianxi-node")
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(5))
@@ -55,11 +57,10 @@ pub(crate) async fn run(config: ServeConfig) -> Result<()> {
         .await
         .with_context(|| {
             format!(
-                "cannot reach NATS at {}; is nats-server running (with -js)? set --nats-url or LIANXI_NATS_URL",
-                config.nats_url
+                "cannot reach NATS at {shown_url}; is nats-server running (with -js)? set --nats-url or LIANXI_NATS_URL"
             )
         })?;
-    let js = async_nats::jetstream::new(client);
+    let js = async_nats::jetstream::new(client.clone());
     // Create the stream before serving, so a misconfigured server is a
     // start-up error rather than a retry loop.
     tokio::time::timeout(
@@ -67,7 +68,17 @@ pub(crate) async fn run(config: ServeConfig) -> Result<()> {
         lianxi_ingest::ensure_stream(&js, config.stream_replicas),
     )
     .await
-    .with_context(|| format!("NATS at {} did not answer within 30 s", config.nats_url))??;
+    .with_context(|| {
+        format!(
+            "NATS at {shown_url} did not answer within 30 s; check that the user may use JetStream (see deploy/nats/README.md)"
+        )
+    })??;
+    lianxi_ingest::ensure_receipts_stream(
+        &js,
+        config.stream_replicas,
+        Duration::from_secs(config.receipts_window_secs),
+    )
+    .await?;
 
     let listener = tokio::net::TcpListener::bind(&config.grpc_addr)
         .await
@@ -80,7 +91,18 @@ pub(crate) async fn run(config: ServeConfig) -> Result<()> {
     let local = listener.local_addr()?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let (applied_tx, _applied_rx) = watch::channel(None);
+    let (applied_tx, applied_rx) = watch::channel(None);
+    let receipts = tokio::spawn(lianxi_ingest::run_receipts(
+        js.clone(),
+        log.clone(),
+        applied_rx,
+        shutdown_rx.clone(),
+    ));
+    let lookups = tokio::spawn(lianxi_ingest::run_lookups(
+        client,
+        log.clone(),
+        shutdown_rx.clone(),
+    ));
     let ingest = tokio::spawn(lianxi_ingest::run(
         js,
         log.clone(),
@@ -97,6 +119,9 @@ pub(crate) async fn run(config: ServeConfig) -> Result<()> {
     health
         .set_serving::<lianxi_proto::v1::cases_server::CasesServer<CasesApi>>()
         .await;
+    health
+        .set_serving::<lianxi_proto::v1::intake_server::IntakeServer<IntakeApi>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(lianxi_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -108,6 +133,7 @@ pub(crate) async fn run(config: ServeConfig) -> Result<()> {
         .add_service(health_service)
         .add_service(reflection)
         .add_service(CasesApi::new(log.clone()).into_server())
+        .add_service(IntakeApi::new(log.clone()).into_server())
         .serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),
             async move {
@@ -115,11 +141,8 @@ pub(crate) async fn run(config: ServeConfig) -> Result<()> {
             },
         );
     let server = tokio::spawn(server);
-    tracing::info!(grpc = %local, nats = %config.nats_url, "lianxi node serving");
-    println!(
-        "lianxi node serving gRPC on {local}, reading NATS at {}",
-        config.nats_url
-    );
+    tracing::info!(grpc = %local, nats = %shown_url, "lianxi node serving");
+    println!("lianxi node serving gRPC on {local}, reading NATS at {shown_url}");
 
     let mut ingest = ingest;
     let ingest_result = tokio::select! {
@@ -133,6 +156,15 @@ pub(crate) async fn run(config: ServeConfig) -> Result<()> {
             r
         }
     };
+    // Receipts for the last groups go out before the node stops.
+    for (name, task) in [("receipts", receipts), ("lookups", lookups)] {
+        match tokio::time::timeout(SHUTDOWN_GRACE, task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(task = name, error = %e, "task ended with an error"),
+            Ok(Err(e)) => tracing::warn!(task = name, error = %e, "task panicked"),
+            Err(_) => tracing::warn!(task = name, "task did not stop within the grace period"),
+        }
+    }
     // Graceful shutdown waits for open client connections to go away; a
     // watching client may never leave, so in-flight calls get a grace period.
     let mut server = server;

@@ -488,3 +488,54 @@ fn oversized_and_garbage_messages_are_kept_as_rejections() {
     assert_eq!(log.checkpoint().stream_sequence, 2);
     assert_eq!(log.checkpoint().global_sequence, 0);
 }
+
+#[test]
+fn every_processed_message_has_exactly_the_receipt_of_its_outcome() {
+    use lianxi_proto::v1::ReceiptStatus;
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), Policy::default()).unwrap();
+    let msgs = stream(5, 300);
+    let report = log.append_group(&msgs).unwrap();
+    for (seq, outcome) in &report.outcomes {
+        let r = log
+            .receipt(*seq)
+            .unwrap()
+            .expect("a receipt for every processed message");
+        assert_eq!(r.stream_sequence, *seq);
+        match outcome {
+            EventOutcome::Accepted {
+                event_id,
+                global_sequence,
+                hash,
+                ..
+            } => {
+                assert_eq!(r.status, ReceiptStatus::Accepted as i32);
+                assert_eq!(&r.event_id, event_id);
+                assert_eq!(r.global_sequence, *global_sequence);
+                assert_eq!(r.entry_hash, hex::encode(hash));
+                let by_id = log.receipt_for_event(event_id).unwrap().unwrap();
+                assert_eq!(by_id, r);
+            }
+            EventOutcome::Duplicate {
+                original_global_sequence,
+                ..
+            } => {
+                assert_eq!(r.status, ReceiptStatus::Duplicate as i32);
+                assert_eq!(r.original_global_sequence, *original_global_sequence);
+            }
+            EventOutcome::Rejected { code, reason, .. } => {
+                assert_eq!(r.status, ReceiptStatus::Rejected as i32);
+                assert_eq!(r.code, *code as i32);
+                assert_eq!(&r.reason, reason);
+            }
+            EventOutcome::AlreadyProcessed => panic!("fresh log"),
+        }
+    }
+    assert_eq!(log.receipt(301).unwrap(), None);
+    assert_eq!(log.receipt_for_event("never-sent").unwrap(), None);
+    assert_eq!(log.receipts_sent().unwrap(), 0);
+    log.set_receipts_sent(120).unwrap();
+    drop(log);
+    let log = Log::open(dir.path(), Policy::default()).unwrap();
+    assert_eq!(log.receipts_sent().unwrap(), 120);
+}

@@ -1,0 +1,176 @@
+//! End-to-end publish-to-receipt throughput and latency through the client
+//! library, against a running nats-server and lianxi node, with the raw bus
+//! measured in the same run for comparison.
+//!
+//! `scripts/bench` starts both and runs this; by hand:
+//! `cargo run --release -p lianxi-client --example publish_bench -- NATS_URL [EVENTS]`
+//!
+//! 1. Raw JetStream: publish ~300-byte messages with message ids into a
+//!    scratch stream, 1,024 in flight (the bus alone, no node).
+//! 2. lianxi: a simulated city workload (realistic events, cases interleaved
+//!    in time order) through `Client::submit` / `Pending::receipt`, with 1,
+//!    16, 256 and 1,024 events in flight; each event is timed from submit to
+//!    receipt (the node has validated it, written it and flushed it).
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, message::PublishMessage, stream};
+use lianxi_client::{Client, Options, is_stored};
+use lianxi_sim::Workload;
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown cpu".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!(
+        "{cpu}, {cores} cores, {} {}",
+        std::env::consts::OS,
+        std::env::consts::ARCH
+    )
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+async fn raw_jetstream(url: &str, n: usize) -> f64 {
+    let client = async_nats::connect(url).await.expect("connect");
+    let js = jetstream::new(client);
+    let name = "BENCH_RAW";
+    let _ = js.delete_stream(name).await;
+    js.create_stream(stream::Config {
+        name: name.into(),
+        subjects: vec!["bench.raw.>".into()],
+        storage: stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .expect("create the scratch stream");
+    let payload = bytes::Bytes::from(vec![b'x'; 300]);
+    let start = Instant::now();
+    let mut in_flight = VecDeque::new();
+    for i in 0..n {
+        let ack = js
+            .send_publish(
+                format!("bench.raw.{}", i % 100),
+                PublishMessage::build()
+                    .payload(payload.clone())
+                    .message_id(format!("raw-{i}")),
+            )
+            .await
+            .expect("publish");
+        in_flight.push_back(ack);
+        if in_flight.len() >= 1024 {
+            in_flight.pop_front().unwrap().await.expect("ack");
+        }
+    }
+    for ack in in_flight {
+        ack.await.expect("ack");
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    let _ = js.delete_stream(name).await;
+    rate
+}
+
+async fn lianxi(
+    url: &str,
+    events: Vec<lianxi_proto::v1::Event>,
+    window: usize,
+) -> (f64, Vec<Duration>) {
+    let client = Client::connect(
+        url,
+        Options {
+            max_in_flight: window,
+            receipt_timeout: Duration::from_secs(120),
+            ..Options::default()
+        },
+    )
+    .await
+    .expect("connect");
+    let n = events.len();
+    let start = Instant::now();
+    let mut latencies = Vec::with_capacity(n);
+    let mut in_flight = futures::stream::FuturesOrdered::new();
+    use futures::StreamExt;
+    for event in events {
+        if in_flight.len() >= window
+            && let Some((t, r)) = in_flight.next().await
+        {
+            latencies.push(t);
+            assert!(matches!(r, Ok(ref r) if is_stored(r)), "not stored: {r:?}");
+        }
+        let sent = Instant::now();
+        let pending = client.submit(event).await.expect("submit");
+        in_flight.push_back(async move {
+            let r = pending.receipt().await;
+            (sent.elapsed(), r)
+        });
+    }
+    while let Some((t, r)) = in_flight.next().await {
+        latencies.push(t);
+        assert!(matches!(r, Ok(ref r) if is_stored(r)), "not stored: {r:?}");
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    latencies.sort();
+    (rate, latencies)
+}
+
+#[tokio::main]
+async fn main() {
+    let mut args = std::env::args().skip(1);
+    let url = args
+        .next()
+        .unwrap_or_else(|| "nats://127.0.0.1:4222".into());
+    let n: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(20_000);
+    println!("machine: {}", machine());
+    println!(
+        "durability: JetStream file store, server default sync (fsync every 2 min), R1; node flushes sled per group before receipts"
+    );
+    let raw = raw_jetstream(&url, n).await;
+    println!(
+        "\n{:<46} {:>9.0} msgs/s",
+        "raw JetStream publish, 1,024 in flight", raw
+    );
+
+    // One simulated city, split into one slice per run so no run repeats
+    // another's events (each slice holds whole cases).
+    let windows = [1usize, 16, 256, 1024];
+    println!(
+        "\n{:<14} {:>8} {:>11} {:>9} {:>9} {:>9} {:>8}",
+        "in flight", "events", "events/s", "p50 ms", "p99 ms", "max ms", "vs raw"
+    );
+    for (i, window) in windows.iter().enumerate() {
+        let count = if *window == 1 { n / 20 } else { n };
+        let cases = (count / 10).max(10);
+        let workload = lianxi_sim::generate(&Workload {
+            seed: 1000 + i as u64,
+            cases,
+            prefix: format!("BENCH{i}"),
+            ..Workload::default()
+        });
+        let events: Vec<_> = workload.into_iter().map(|(e, _)| e).take(count).collect();
+        let len = events.len();
+        let (rate, lat) = lianxi(&url, events, *window).await;
+        println!(
+            "{:<14} {:>8} {:>11.0} {:>9.2} {:>9.2} {:>9.2} {:>7.2}x",
+            window,
+            len,
+            rate,
+            percentile(&lat, 0.5).as_secs_f64() * 1e3,
+            percentile(&lat, 0.99).as_secs_f64() * 1e3,
+            lat.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+            rate / raw
+        );
+    }
+}
