@@ -16,6 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "lianxi/v1/view.proto",
         "lianxi/v1/cases.proto",
         "lianxi/v1/receipts.proto",
+        "lianxi/v1/audit.proto",
     ]
     .map(|f| root.join(f));
     for f in &files {

@@ -12,6 +12,11 @@
 //! 3. [`apply`]: fold the accepted event into the view (total, deterministic).
 //! 4. [`evaluate`]: at query time, what is overdue and whether an order is in force.
 //!
+//! Across cases, the `query` module answers the secretariat's questions at a
+//! given `now`: [`matches`](fn@matches) (a `CaseFilter`), [`is_involved`] (need to know),
+//! [`summarize`] (a case-list line), [`agenda`] (the next meeting's cases in
+//! discussion order) and [`stats`] (counts, durations, overdue rates).
+//!
 //! # Choices the contract leaves open
 //!
 //! - **Registers.** Alarms, written warnings, protection-order applications
@@ -64,6 +69,7 @@ mod describe;
 mod error;
 mod evaluate;
 mod policy;
+mod query;
 mod rules;
 mod state;
 mod time;
@@ -79,6 +85,9 @@ pub use describe::{describe, kind, person_ref};
 pub use error::{PolicyError, Rejection};
 pub use evaluate::{Evaluation, evaluate};
 pub use policy::Policy;
+pub use query::{
+    DEFAULT_EXPIRING_WITHIN_DAYS, DURATION_NAMES, agenda, is_involved, matches, stats, summarize,
+};
 pub use rules::decide;
 pub use validate::check_envelope;
 pub use view::apply;

@@ -29,6 +29,10 @@ pub enum Location {
     Checkpoint,
     /// Another record, by its key in hex.
     Key(String),
+    /// An access log record, by sequence.
+    Access(u64),
+    /// The access log's head (its last sequence and hash).
+    AccessHead,
 }
 
 impl std::fmt::Display for Location {
@@ -40,6 +44,8 @@ impl std::fmt::Display for Location {
             Location::Dedup(e) => write!(f, "dedup entry for event {e}"),
             Location::Checkpoint => write!(f, "checkpoint"),
             Location::Key(k) => write!(f, "key {k}"),
+            Location::Access(s) => write!(f, "access record {s}"),
+            Location::AccessHead => write!(f, "access log head"),
         }
     }
 }

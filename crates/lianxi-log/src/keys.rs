@@ -15,6 +15,26 @@ pub(crate) const REJECTION: u8 = b'R';
 pub(crate) const DUPLICATE: u8 = b'U';
 /// `P` + person ref -> latest case opened for that person (derived, rebuilt).
 pub(crate) const PERSON: u8 = b'P';
+/// `H` + SHA-256(person ref)[..16] + global sequence -> the case that
+/// opening made the person's latest (derived, rebuilt): the person index's
+/// history, so a past view can be rebuilt exactly.
+pub(crate) const PERSON_HISTORY: u8 = b'H';
+
+pub(crate) fn person_history_prefix(person: &str) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(person.as_bytes());
+    let mut k = Vec::with_capacity(25);
+    k.push(PERSON_HISTORY);
+    k.extend_from_slice(&digest[..16]);
+    k
+}
+
+pub(crate) fn person_history(person: &str, global_sequence: u64) -> Vec<u8> {
+    let mut k = person_history_prefix(person);
+    k.extend_from_slice(&global_sequence.to_be_bytes());
+    k
+}
+
 /// `S` + stream sequence -> global sequence of the entry it became.
 pub(crate) const BY_STREAM: u8 = b'S';
 /// `X` + event id -> stream sequence of the latest rejection of that id.

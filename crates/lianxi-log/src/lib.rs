@@ -9,11 +9,13 @@
 
 #![forbid(unsafe_code)]
 
+mod access;
 mod error;
 mod keys;
 mod log;
 mod receipts;
 
+pub use access::{AccessLog, access_hash};
 pub use error::{Error, Location, Result};
 pub use log::{
     EventOutcome, GroupReport, Incoming, Log, MAX_EVENT_BYTES, RebuildReport, VerifyReport,

@@ -11,6 +11,7 @@ use lianxi_proto::v1::{
 use prost::Message;
 use sha2::{Digest, Sha256};
 
+use crate::access::AccessLog;
 use crate::error::{Error, Location, Result};
 use crate::keys;
 use crate::receipts;
@@ -121,6 +122,8 @@ struct Inner {
     /// A copy of the checkpoint for readers, replaced after each flush, so
     /// that a query never waits for a group to be written.
     published: Mutex<Checkpoint>,
+    /// The node-local access log, in its own tree of the same database.
+    access: AccessLog,
 }
 
 /// Computes an entry's hash: SHA-256 over the domain tag and the entry
@@ -151,8 +154,10 @@ impl Log {
                 last_hash: vec![0; 32],
             },
         };
+        let access = AccessLog::open(&db)?;
         Ok(Log {
             inner: Arc::new(Inner {
+                access,
                 db,
                 tree,
                 policy,
@@ -160,6 +165,11 @@ impl Log {
                 published: Mutex::new(checkpoint),
             }),
         })
+    }
+
+    /// The access log: who read what. Every clone appends to one chain.
+    pub fn access_log(&self) -> AccessLog {
+        self.inner.access.clone()
     }
 
     pub fn policy(&self) -> &Policy {
@@ -247,6 +257,114 @@ impl Log {
                 detail: format!("indexed by case {case_id} but missing"),
             })?;
             out.push(entry);
+        }
+        Ok(out)
+    }
+
+    /// Log entries with a global sequence above `after`, at most `limit`.
+    pub fn entries(&self, after: u64, limit: usize) -> Result<Vec<LogEntry>> {
+        let start = keys::seq(keys::ENTRY, after.saturating_add(1));
+        let mut out = Vec::new();
+        for item in self.inner.tree.range(start..) {
+            let (k, v) = item?;
+            if k.first() != Some(&keys::ENTRY) || out.len() >= limit {
+                break;
+            }
+            out.push(decode_entry(&k, &v)?);
+        }
+        Ok(out)
+    }
+
+    /// The view of a case as it stood after the last of its entries that
+    /// passes `upto` (entries are offered in order; replay stops at the first
+    /// that does not pass), rebuilt from the log through the per-case index.
+    /// Returns the view, the global sequence of the last entry applied and
+    /// how many were applied; None if no entry passed.
+    pub fn case_as_of(
+        &self,
+        case_id: &str,
+        upto: impl Fn(&LogEntry) -> bool,
+    ) -> Result<Option<(CaseView, u64, u64)>> {
+        let mut view: Option<CaseView> = None;
+        let mut last = 0;
+        let mut applied = 0;
+        let mut after = 0;
+        loop {
+            let chunk = self.case_entries(case_id, after, 512)?;
+            let done = chunk.len() < 512;
+            for entry in chunk {
+                if !upto(&entry) {
+                    return Ok(view.map(|v| (v, last, applied)));
+                }
+                after = entry.case_sequence;
+                let event = entry.event.clone().unwrap_or_default();
+                let prior = match person_key(&event) {
+                    Some(p) => self.prior_before(p, entry.global_sequence)?,
+                    None => None,
+                };
+                let ctx = Context {
+                    policy: &self.inner.policy,
+                    prior_case: prior.as_ref(),
+                };
+                let meta = EntryMeta {
+                    global_sequence: entry.global_sequence,
+                    case_sequence: entry.case_sequence,
+                    recorded_at: entry.recorded_at.unwrap_or_default(),
+                };
+                view = Some(lianxi_domain::apply(&ctx, view, &event, &meta));
+                last = entry.global_sequence;
+                applied += 1;
+            }
+            if done {
+                return Ok(view.map(|v| (v, last, applied)));
+            }
+        }
+    }
+
+    /// The person's latest case opened before `global_sequence`.
+    fn prior_before(&self, person: &str, global_sequence: u64) -> Result<Option<PriorCase>> {
+        let start = keys::person_history_prefix(person);
+        let end = keys::person_history(person, global_sequence);
+        match self.inner.tree.range(start..end).next_back() {
+            Some(item) => {
+                let (k, v) = item?;
+                decode_prior(&v).map(Some).ok_or_else(|| Error::Corruption {
+                    at: Location::Key(hex::encode(&k)),
+                    detail: "person history record is malformed".into(),
+                })
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Every stored view, decoded, in case-id order.
+    pub fn views(&self) -> Result<Vec<CaseView>> {
+        let mut out = Vec::new();
+        for item in self.inner.tree.scan_prefix([keys::VIEW]) {
+            let (k, v) = item?;
+            out.push(CaseView::decode(v.as_ref()).map_err(|e| Error::Corruption {
+                at: Location::View(String::from_utf8_lossy(&k[1..]).into_owned()),
+                detail: e.to_string(),
+            })?);
+        }
+        Ok(out)
+    }
+
+    /// Views of cases with an id after `after`, in case-id order, at most
+    /// `limit` per call; the id order makes a stable cursor.
+    pub fn views_after(&self, after: &str, limit: usize) -> Result<Vec<CaseView>> {
+        let mut start = keys::named(keys::VIEW, after);
+        start.push(0);
+        let mut out = Vec::new();
+        for item in self.inner.tree.range(start..) {
+            let (k, v) = item?;
+            if k.first() != Some(&keys::VIEW) || out.len() >= limit {
+                break;
+            }
+            out.push(CaseView::decode(v.as_ref()).map_err(|e| Error::Corruption {
+                at: Location::View(String::from_utf8_lossy(&k[1..]).into_owned()),
+                detail: e.to_string(),
+            })?);
         }
         Ok(out)
     }
@@ -387,6 +505,7 @@ impl Log {
         let tree = &self.inner.tree;
         let mut views: BTreeMap<String, CaseView> = BTreeMap::new();
         let mut persons: BTreeMap<String, PriorCase> = BTreeMap::new();
+        let mut history = Vec::new();
         let mut entries = 0u64;
         for item in tree.scan_prefix([keys::ENTRY]) {
             let (k, v) = item?;
@@ -406,12 +525,16 @@ impl Log {
             let view = lianxi_domain::apply(&ctx, view, &event, &meta);
             if let Some(p) = person_key(&event) {
                 persons.insert(p.to_owned(), prior_of(&view));
+                history.push((
+                    keys::person_history(p, entry.global_sequence),
+                    prior_of(&view),
+                ));
             }
             views.insert(event.case_id.clone(), view);
             entries += 1;
         }
         let mut batch = sled::Batch::default();
-        for prefix in [keys::VIEW, keys::PERSON] {
+        for prefix in [keys::VIEW, keys::PERSON, keys::PERSON_HISTORY] {
             for item in tree.scan_prefix([prefix]) {
                 let (k, _) = item?;
                 batch.remove(k);
@@ -422,6 +545,9 @@ impl Log {
         }
         for (person, prior) in &persons {
             batch.insert(keys::named(keys::PERSON, person), encode_prior(prior));
+        }
+        for (key, prior) in &history {
+            batch.insert(key.as_slice(), encode_prior(prior));
         }
         tree.apply_batch(batch)?;
         self.inner.db.flush()?;
@@ -707,6 +833,10 @@ impl<'a> Group<'a> {
         let view = lianxi_domain::apply(&ctx, view, &event, &meta);
         if let Some(p) = person_key(&event) {
             self.persons.insert(p.to_owned(), prior_of(&view));
+            self.batch.insert(
+                keys::person_history(p, global_sequence),
+                encode_prior(&prior_of(&view)),
+            );
         }
         self.batch.insert(
             &keys::seq(keys::ENTRY, global_sequence),

@@ -42,13 +42,6 @@ struct DataArgs {
     policy: Option<PathBuf>,
 }
 
-#[derive(Debug, clap::Args, Clone)]
-struct GrpcArgs {
-    /// Address of a lianxi node's gRPC API.
-    #[arg(long, env = "LIANXI_GRPC_ADDR", default_value = "127.0.0.1:50051")]
-    grpc_addr: String,
-}
-
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a node: read the events stream into the log and serve the gRPC API.
@@ -74,6 +67,11 @@ enum Command {
         /// are dropped by the bus.
         #[arg(long, env = "LIANXI_RECEIPTS_WINDOW_SECS", default_value_t = 600)]
         receipts_window_secs: u64,
+        /// Who may call the API, with their roles and token hashes (TOML, see
+        /// deploy/principals.example.toml). Without it the node runs in
+        /// development mode and must listen on a loopback address.
+        #[arg(long, env = "LIANXI_PRINCIPALS")]
+        principals: Option<PathBuf>,
     },
     /// Publish events, one canonical protobuf JSON object per line, each on
     /// its agency's subject.
@@ -102,7 +100,7 @@ enum Command {
     Case {
         case_id: String,
         #[command(flatten)]
-        grpc: GrpcArgs,
+        conn: query::Conn,
         /// Judge "overdue" at this instant (RFC 3339) instead of now.
         #[arg(long)]
         now: Option<String>,
@@ -117,7 +115,7 @@ enum Command {
     Timeline {
         case_id: String,
         #[command(flatten)]
-        grpc: GrpcArgs,
+        conn: query::Conn,
         /// Print canonical protobuf JSON.
         #[arg(long)]
         json: bool,
@@ -128,10 +126,119 @@ enum Command {
     /// List the messages a node rejected, with the reason for each.
     Rejections {
         #[command(flatten)]
-        grpc: GrpcArgs,
+        conn: query::Conn,
         /// Only messages on this agency's subjects.
         #[arg(long, value_parser = parse_agency)]
         agency: Option<Agency>,
+        /// At most this many.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        /// Print canonical protobuf JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the cases you may see that match a filter.
+    Cases {
+        #[command(flatten)]
+        conn: query::Conn,
+        #[command(flatten)]
+        filter: query::FilterArgs,
+        /// Judge "overdue" at this instant (RFC 3339) instead of now.
+        #[arg(long)]
+        now: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 10_000)]
+        limit: usize,
+        /// Print canonical protobuf JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The case list for the next joint meeting, in discussion order.
+    Agenda {
+        #[command(flatten)]
+        conn: query::Conn,
+        /// Jurisdiction code prefix.
+        #[arg(long)]
+        jurisdiction: Option<String>,
+        /// Judge at this instant (RFC 3339) instead of now.
+        #[arg(long)]
+        now: Option<String>,
+        /// Orders expiring within this many days count as expiring soon.
+        #[arg(long, default_value_t = 14)]
+        days: u32,
+        /// Print canonical protobuf JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Follow changes: of one case, or of every case matching a filter.
+    Watch {
+        /// One case; without it, every case you may see that matches the filter.
+        case_id: Option<String>,
+        #[command(flatten)]
+        conn: query::Conn,
+        #[command(flatten)]
+        filter: query::FilterArgs,
+        /// Resume after this global sequence (the last one you saw).
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// Stop after this many messages.
+        #[arg(long)]
+        count: Option<usize>,
+        /// One canonical protobuf JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Monitoring figures: counts, durations, overdue rates by agency.
+    Stats {
+        #[command(flatten)]
+        conn: query::Conn,
+        /// Jurisdiction code prefix.
+        #[arg(long)]
+        jurisdiction: Option<String>,
+        /// Cases opened at or after (RFC 3339).
+        #[arg(long)]
+        from: Option<String>,
+        /// Cases opened before (RFC 3339).
+        #[arg(long)]
+        before: Option<String>,
+        /// Judge "overdue" at this instant (RFC 3339) instead of now.
+        #[arg(long)]
+        now: Option<String>,
+        /// Print canonical protobuf JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A case as it stood at a log position or an instant (auditors).
+    AsOf {
+        case_id: String,
+        #[command(flatten)]
+        conn: query::Conn,
+        /// After this global sequence.
+        #[arg(long)]
+        sequence: Option<u64>,
+        /// At this instant (RFC 3339), by record time.
+        #[arg(long)]
+        at: Option<String>,
+        /// Print canonical protobuf JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Who read what, from the node's access log (auditors).
+    Access {
+        #[command(flatten)]
+        conn: query::Conn,
+        /// Only reads of this case.
+        #[arg(long = "case")]
+        case_id: Option<String>,
+        /// Only this principal.
+        #[arg(long)]
+        principal: Option<String>,
+        /// At or after (RFC 3339).
+        #[arg(long)]
+        from: Option<String>,
+        /// Before (RFC 3339).
+        #[arg(long)]
+        before: Option<String>,
         /// At most this many.
         #[arg(long, default_value_t = 1000)]
         limit: usize,
@@ -151,7 +258,7 @@ enum Command {
     },
 }
 
-fn parse_agency(token: &str) -> Result<Agency, String> {
+pub(crate) fn parse_agency(token: &str) -> Result<Agency, String> {
     lianxi_domain::agency_from_token(token).ok_or_else(|| {
         let all: Vec<&str> = lianxi_domain::ALL_AGENCIES
             .iter()
@@ -192,6 +299,7 @@ fn main() -> std::process::ExitCode {
                 batch_delay_ms,
                 stream_replicas,
                 receipts_window_secs,
+                principals,
             } => {
                 serve::run(serve::ServeConfig {
                     nats_url: nats.nats_url,
@@ -202,6 +310,7 @@ fn main() -> std::process::ExitCode {
                     batch_delay_ms,
                     stream_replicas,
                     receipts_window_secs,
+                    principals,
                 })
                 .await
             }
@@ -215,23 +324,90 @@ fn main() -> std::process::ExitCode {
             Command::Simulate(args) => simulate::run(args),
             Command::Case {
                 case_id,
-                grpc,
+                conn,
                 now,
                 json,
                 wait_for,
-            } => query::case(&grpc.grpc_addr, &case_id, now.as_deref(), json, wait_for).await,
+            } => query::case(&conn, &case_id, now.as_deref(), json, wait_for).await,
             Command::Timeline {
                 case_id,
-                grpc,
+                conn,
                 json,
                 wait_for,
-            } => query::timeline(&grpc.grpc_addr, &case_id, json, wait_for).await,
+            } => query::timeline(&conn, &case_id, json, wait_for).await,
             Command::Rejections {
-                grpc,
+                conn,
                 agency,
                 limit,
                 json,
-            } => query::rejections(&grpc.grpc_addr, agency, json, limit).await,
+            } => query::rejections(&conn, agency, json, limit).await,
+            Command::Cases {
+                conn,
+                filter,
+                now,
+                limit,
+                json,
+            } => query::cases(&conn, &filter, now.as_deref(), limit, json).await,
+            Command::Agenda {
+                conn,
+                jurisdiction,
+                now,
+                days,
+                json,
+            } => query::agenda(&conn, jurisdiction, now.as_deref(), days, json).await,
+            Command::Watch {
+                case_id,
+                conn,
+                filter,
+                after,
+                count,
+                json,
+            } => query::watch(&conn, case_id, &filter, after, count, json).await,
+            Command::Stats {
+                conn,
+                jurisdiction,
+                from,
+                before,
+                now,
+                json,
+            } => {
+                query::stats(
+                    &conn,
+                    jurisdiction,
+                    from.as_deref(),
+                    before.as_deref(),
+                    now.as_deref(),
+                    json,
+                )
+                .await
+            }
+            Command::AsOf {
+                case_id,
+                conn,
+                sequence,
+                at,
+                json,
+            } => query::as_of(&conn, &case_id, sequence, at.as_deref(), json).await,
+            Command::Access {
+                conn,
+                case_id,
+                principal,
+                from,
+                before,
+                limit,
+                json,
+            } => {
+                query::access(
+                    &conn,
+                    case_id,
+                    principal,
+                    from.as_deref(),
+                    before.as_deref(),
+                    limit,
+                    json,
+                )
+                .await
+            }
             Command::Rebuild { data } => offline::rebuild(&data.data_dir, data.policy.as_deref()),
             Command::Verify { data } => offline::verify(&data.data_dir, data.policy.as_deref()),
         }

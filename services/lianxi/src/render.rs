@@ -202,3 +202,251 @@ pub(crate) fn rejections(list: &[lianxi_proto::v1::Receipt]) -> String {
     }
     s
 }
+
+/// ANSI colour when standard output is a terminal and NO_COLOR is unset.
+fn paint(code: &str, text: &str) -> String {
+    use std::io::IsTerminal;
+    let on = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    if on {
+        format!("\x1b[{code}m{text}\x1b[0m")
+    } else {
+        text.to_owned()
+    }
+}
+
+fn status_word(n: i32) -> String {
+    enum_words::<CoordinatedStatus>(n, "COORDINATED_STATUS_", |e| e.as_str_name())
+}
+
+fn risk_word(n: i32) -> String {
+    enum_words::<RiskLevel>(n, "RISK_LEVEL_", |e| e.as_str_name())
+}
+
+fn day(t: Option<&Timestamp>) -> String {
+    match t.and_then(|t| chrono::DateTime::from_timestamp(t.seconds, 0)) {
+        Some(dt) => dt.format("%Y-%m-%d").to_string(),
+        None => "-".to_owned(),
+    }
+}
+
+fn summary_flags(c: &lianxi_proto::v1::CaseSummary) -> String {
+    let mut f = Vec::new();
+    if c.overdue > 0 {
+        f.push(paint("31", &format!("{} overdue", c.overdue)));
+    }
+    if c.risk_level == RiskLevel::High as i32 {
+        f.push(paint("31", "high risk"));
+    }
+    if c.escalated {
+        f.push("escalated".to_owned());
+    }
+    if c.repeat_case {
+        f.push("repeat".to_owned());
+    }
+    if c.protection_order_active {
+        f.push(format!(
+            "order to {}",
+            day(c.protection_order_expires_at.as_ref())
+        ));
+    }
+    f.join(", ")
+}
+
+pub(crate) fn cases(list: &[lianxi_proto::v1::CaseSummary], at: Option<&Timestamp>) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "{} case(s), judged at {}", list.len(), time(at));
+    if list.is_empty() {
+        return s;
+    }
+    let _ = writeln!(
+        s,
+        "{:<16} {:<19} {:<22} {:<9} {:<22} {:<10} flags",
+        "case", "status", "category", "risk", "lead", "opened"
+    );
+    for c in list {
+        let _ = writeln!(
+            s,
+            "{:<16} {:<19} {:<22} {:<9} {:<22} {:<10} {}",
+            c.case_id,
+            status_word(c.status),
+            enum_words::<Category>(c.category, "CATEGORY_", |e| e.as_str_name()),
+            risk_word(c.risk_level),
+            agency(c.lead),
+            day(c.opened_at.as_ref()),
+            summary_flags(c)
+        );
+    }
+    s
+}
+
+pub(crate) fn agenda(r: &lianxi_proto::v1::GetAgendaResponse) -> String {
+    use lianxi_proto::v1::AgendaReason;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "Agenda for the next joint meeting: {} case(s), judged at {}",
+        r.items.len(),
+        time(r.evaluated_at.as_ref())
+    );
+    for (i, item) in r.items.iter().enumerate() {
+        let Some(c) = &item.case else { continue };
+        let reasons: Vec<String> = item
+            .reasons
+            .iter()
+            .map(|n| enum_words::<AgendaReason>(*n, "AGENDA_REASON_", |e| e.as_str_name()))
+            .collect();
+        let _ = writeln!(
+            s,
+            "\n{:>3}. {}  {}  {} · {} · lead {}",
+            i + 1,
+            paint("1", &c.case_id),
+            status_word(c.status).to_uppercase(),
+            enum_words::<Category>(c.category, "CATEGORY_", |e| e.as_str_name()),
+            c.jurisdiction,
+            agency(c.lead)
+        );
+        let _ = writeln!(s, "     why: {}", reasons.join(", "));
+        for o in &item.overdue {
+            let _ = writeln!(s, "   {}", paint("31", &obligation_line(o, true)));
+        }
+    }
+    s
+}
+
+pub(crate) fn stats(r: &lianxi_proto::v1::GetStatsResponse) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{} case(s), judged at {}",
+        r.cases,
+        time(r.evaluated_at.as_ref())
+    );
+    let section =
+        |s: &mut String, title: &str, counts: &[lianxi_proto::v1::Count], prefix: &str| {
+            let _ = writeln!(s, "\n{title}");
+            for c in counts {
+                let key = c
+                    .key
+                    .strip_prefix(prefix)
+                    .unwrap_or(&c.key)
+                    .replace('_', " ")
+                    .to_lowercase();
+                let _ = writeln!(s, "  {key:<32} {:>7}", c.count);
+            }
+        };
+    section(&mut s, "By status", &r.by_status, "COORDINATED_STATUS_");
+    section(&mut s, "By category", &r.by_category, "CATEGORY_");
+    section(&mut s, "By risk level", &r.by_risk_level, "RISK_LEVEL_");
+    section(&mut s, "By agency involved", &r.by_agency, "AGENCY_");
+    section(&mut s, "By month opened", &r.by_month, "");
+    let _ = writeln!(
+        s,
+        "\nTimes (hours)                      cases    median       p90"
+    );
+    for d in &r.durations {
+        let _ = writeln!(
+            s,
+            "  {:<32} {:>5} {:>9.1} {:>9.1}",
+            d.name.replace('_', " "),
+            d.cases,
+            d.median_hours,
+            d.p90_hours
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nOverdue by agency            obligations  overdue     rate"
+    );
+    for a in &r.overdue_by_agency {
+        let _ = writeln!(
+            s,
+            "  {:<28} {:>9} {:>8} {:>7.1}%",
+            agency(a.agency),
+            a.obligations,
+            a.overdue,
+            a.overdue_rate * 100.0
+        );
+    }
+    s
+}
+
+pub(crate) fn change(c: &lianxi_proto::v1::CaseChange) -> String {
+    let status = c
+        .view
+        .as_ref()
+        .map(|v| status_word(v.status))
+        .unwrap_or_default();
+    match &c.entry {
+        Some(e) if c.view.is_some() => format!(
+            "#{:<7} {:<16} {}  {}  -> {}\n",
+            c.global_sequence,
+            c.case_id,
+            time(e.occurred_at.as_ref()),
+            e.line,
+            status
+        ),
+        Some(e) => format!(
+            "#{:<7} {:<16} {}  {}\n",
+            c.global_sequence,
+            c.case_id,
+            time(e.occurred_at.as_ref()),
+            e.line
+        ),
+        None => format!(
+            "#{:<7} {:<16} now {} ({} events)\n",
+            c.global_sequence,
+            c.case_id,
+            status.to_uppercase(),
+            c.view.as_ref().map_or(0, |v| v.case_sequence)
+        ),
+    }
+}
+
+pub(crate) fn as_of(r: &lianxi_proto::v1::GetCaseAsOfResponse) -> String {
+    let mut s = format!(
+        "As of log entry #{} ({} of the case's events applied)\n",
+        r.as_of_global_sequence, r.entries_applied
+    );
+    let reply = GetCaseResponse {
+        view: r.view.clone(),
+        ..GetCaseResponse::default()
+    };
+    s.push_str(&case(&reply));
+    s
+}
+
+pub(crate) fn access(list: &[lianxi_proto::v1::AccessRecord]) -> String {
+    use lianxi_proto::v1::PrincipalRole;
+    let mut s = String::new();
+    let _ = writeln!(s, "{} access record(s)", list.len());
+    for r in list {
+        let role = enum_words::<PrincipalRole>(r.role, "PRINCIPAL_ROLE_", |e| e.as_str_name());
+        let verdict = if r.allowed {
+            "allowed".to_owned()
+        } else {
+            paint("31", "DENIED")
+        };
+        let method = r.method.rsplit('/').next().unwrap_or(&r.method);
+        let _ = writeln!(
+            s,
+            "  #{:<6} {}  {:<20} {:<12} {:<14} {:<16} {}",
+            r.sequence,
+            time(r.at.as_ref()),
+            r.principal,
+            role,
+            method,
+            if r.case_id.is_empty() {
+                "-"
+            } else {
+                &r.case_id
+            },
+            verdict
+        );
+        let mut why = r.detail.clone();
+        if !r.purpose.is_empty() {
+            why = format!("purpose: {}; {why}", r.purpose);
+        }
+        let _ = writeln!(s, "          {why}");
+    }
+    s
+}

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use lianxi_api::{CasesApi, IntakeApi};
+use lianxi_api::{AuditApi, CasesApi, Gate, IntakeApi, Principals};
 use lianxi_ingest::IngestConfig;
 use lianxi_log::Log;
 use tokio::sync::watch;
@@ -28,6 +28,36 @@ pub(crate) struct ServeConfig {
     pub(crate) batch_delay_ms: u64,
     pub(crate) stream_replicas: usize,
     pub(crate) receipts_window_secs: u64,
+    pub(crate) principals: Option<PathBuf>,
+}
+
+/// The principals file, or development mode (every caller sees everything,
+/// every read still recorded) for a node that listens on loopback only.
+fn load_principals(
+    path: Option<&std::path::Path>,
+    local: std::net::SocketAddr,
+) -> Result<Principals> {
+    match path {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read the principals file {}", p.display()))?;
+            Principals::from_toml(&text).with_context(|| {
+                format!(
+                    "the principals file {} is invalid; compare it with deploy/principals.example.toml",
+                    p.display()
+                )
+            })
+        }
+        None if local.ip().is_loopback() => {
+            tracing::warn!(
+                "no principals file: development mode, every caller on this machine may read everything (each read is still recorded); pass --principals for real use"
+            );
+            Ok(Principals::development())
+        }
+        None => anyhow::bail!(
+            "serving on {local} without --principals would let anyone on the network read every case; pass --principals FILE (see deploy/principals.example.toml) or listen on 127.0.0.1"
+        ),
+    }
 }
 
 pub(crate) async fn run(config: ServeConfig) -> Result<()> {
@@ -89,13 +119,14 @@ pub(crate) async fn run(config: ServeConfig) -> Result<()> {
             )
         })?;
     let local = listener.local_addr()?;
+    let principals = load_principals(config.principals.as_deref(), local)?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (applied_tx, applied_rx) = watch::channel(None);
     let receipts = tokio::spawn(lianxi_ingest::run_receipts(
         js.clone(),
         log.clone(),
-        applied_rx,
+        applied_rx.clone(),
         shutdown_rx.clone(),
     ));
     let lookups = tokio::spawn(lianxi_ingest::run_lookups(
@@ -122,18 +153,23 @@ pub(crate) async fn run(config: ServeConfig) -> Result<()> {
     health
         .set_serving::<lianxi_proto::v1::intake_server::IntakeServer<IntakeApi>>()
         .await;
+    health
+        .set_serving::<lianxi_proto::v1::audit_server::AuditServer<AuditApi>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(lianxi_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .context("building the reflection service")?;
 
+    let gate = Gate::new(principals, log.access_log());
     let mut grpc_shutdown = shutdown_rx.clone();
     let server = Server::builder()
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(CasesApi::new(log.clone()).into_server())
-        .add_service(IntakeApi::new(log.clone()).into_server())
+        .add_service(CasesApi::new(log.clone(), gate.clone(), applied_rx).into_server())
+        .add_service(AuditApi::new(log.clone(), gate.clone()).into_server())
+        .add_service(IntakeApi::new(log.clone(), gate).into_server())
         .serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),
             async move {

@@ -1,6 +1,7 @@
 //! Given / when / then tests of the domain through its public API.
 
 mod envelope;
+mod query;
 mod rules;
 mod support;
 mod view;

@@ -539,3 +539,71 @@ fn every_processed_message_has_exactly_the_receipt_of_its_outcome() {
     let log = Log::open(dir.path(), Policy::default()).unwrap();
     assert_eq!(log.receipts_sent().unwrap(), 120);
 }
+
+#[test]
+fn a_case_as_of_any_sequence_equals_the_view_it_had_then() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), Policy::default()).unwrap();
+    // The view of each case right after each accepted entry, as stored.
+    let mut snapshots: Vec<(String, u64, Vec<u8>)> = Vec::new();
+    for m in stream(13, 400) {
+        let report = log.append_group(std::slice::from_ref(&m)).unwrap();
+        if let Some((
+            _,
+            EventOutcome::Accepted {
+                case_id,
+                global_sequence,
+                ..
+            },
+        )) = report.outcomes.first()
+        {
+            let view = log.case_view(case_id).unwrap().unwrap();
+            snapshots.push((case_id.clone(), *global_sequence, view.encode_to_vec()));
+        }
+    }
+    assert!(snapshots.len() > 50);
+    for (case, g, bytes) in &snapshots {
+        let (view, last, _) = log
+            .case_as_of(case, |e| e.global_sequence <= *g)
+            .unwrap()
+            .unwrap();
+        assert_eq!(last, *g);
+        assert_eq!(&view.encode_to_vec(), bytes, "case {case} as of {g}");
+    }
+    // Before its first entry a case has no view.
+    let (case, first, _) = &snapshots[0];
+    assert!(
+        log.case_as_of(case, |e| e.global_sequence < *first)
+            .unwrap()
+            .is_none()
+    );
+    // After a rebuild (which recreates the person history) the same holds.
+    log.rebuild().unwrap();
+    for (case, g, bytes) in snapshots.iter().step_by(7) {
+        let (view, _, _) = log
+            .case_as_of(case, |e| e.global_sequence <= *g)
+            .unwrap()
+            .unwrap();
+        assert_eq!(&view.encode_to_vec(), bytes);
+    }
+}
+
+#[test]
+fn entries_pages_through_the_whole_log_in_order() {
+    let (_d, log) = small_log();
+    let n = log.checkpoint().global_sequence;
+    let mut seen = 0;
+    let mut after = 0;
+    loop {
+        let page = log.entries(after, 7).unwrap();
+        if page.is_empty() {
+            break;
+        }
+        for e in &page {
+            seen += 1;
+            assert_eq!(e.global_sequence, seen);
+        }
+        after = page.last().unwrap().global_sequence;
+    }
+    assert_eq!(seen, n);
+}

@@ -1,0 +1,188 @@
+//! `lianxi.v1.Audit`: the log itself, past states of a case, and the access
+//! log. For auditors (and a development node).
+
+use lianxi_log::Log;
+use lianxi_proto::v1::audit_server::{Audit, AuditServer};
+use lianxi_proto::v1::get_case_as_of_request::At;
+use lianxi_proto::v1::{
+    GetCaseAsOfRequest, GetCaseAsOfResponse, ListAccessRequest, ListAccessResponse, LogEntry,
+    ReadLogRequest,
+};
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status};
+
+use crate::gate::{Gate, Service};
+use crate::{check_case_id, not_found, page_size, status};
+
+/// The `Audit` service.
+#[derive(Clone)]
+pub struct AuditApi {
+    log: Log,
+    gate: Gate,
+}
+
+impl AuditApi {
+    pub fn new(log: Log, gate: Gate) -> Self {
+        AuditApi { log, gate }
+    }
+
+    pub fn into_server(self) -> AuditServer<AuditApi> {
+        AuditServer::new(self)
+    }
+}
+
+/// Entries per read while streaming the log.
+const CHUNK: usize = 1000;
+
+/// A stream of log entries.
+pub type LogStream =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<LogEntry, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Audit for AuditApi {
+    type ReadLogStream = LogStream;
+
+    #[tracing::instrument(skip_all)]
+    async fn read_log(
+        &self,
+        request: Request<ReadLogRequest>,
+    ) -> Result<Response<Self::ReadLogStream>, Status> {
+        const METHOD: &str = "/lianxi.v1.Audit/ReadLog";
+        let principal = self
+            .gate
+            .admit(request.metadata(), METHOD, Service::Audit)
+            .await?;
+        let req = *request.get_ref();
+        let from = req.from_global_sequence.max(1);
+        let end = self.log.checkpoint().global_sequence;
+        let to = match req.to_global_sequence {
+            0 => end,
+            n => n.min(end),
+        };
+        self.gate
+            .record(
+                &principal,
+                request.metadata(),
+                METHOD,
+                "",
+                format!("log entries {from} to {to}"),
+            )
+            .await?;
+        let (tx, rx) = mpsc::channel(64);
+        let log = self.log.clone();
+        tokio::spawn(async move {
+            let mut after = from - 1;
+            while after < to {
+                let l = log.clone();
+                let chunk = tokio::task::spawn_blocking(move || l.entries(after, CHUNK))
+                    .await
+                    .map_err(|e| Status::internal(e.to_string()))
+                    .and_then(|r| r.map_err(status));
+                let chunk = match chunk {
+                    Ok(c) => c,
+                    Err(s) => {
+                        let _ = tx.send(Err(s)).await;
+                        return;
+                    }
+                };
+                if chunk.is_empty() {
+                    return;
+                }
+                for e in chunk {
+                    if e.global_sequence > to {
+                        return;
+                    }
+                    after = e.global_sequence;
+                    if tx.send(Ok(e)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    #[tracing::instrument(skip_all, fields(case_id = %request.get_ref().case_id))]
+    async fn get_case_as_of(
+        &self,
+        request: Request<GetCaseAsOfRequest>,
+    ) -> Result<Response<GetCaseAsOfResponse>, Status> {
+        const METHOD: &str = "/lianxi.v1.Audit/GetCaseAsOf";
+        let principal = self
+            .gate
+            .admit(request.metadata(), METHOD, Service::Audit)
+            .await?;
+        let req = request.get_ref().clone();
+        check_case_id(&req.case_id)?;
+        let at = req.at.ok_or_else(|| {
+            Status::invalid_argument(
+                "say when: set global_sequence or recorded_at (e.g. `lianxi as-of CASE --sequence 120` or `--at 2026-03-01T00:00:00+08:00`)",
+            )
+        })?;
+        let what = match &at {
+            At::GlobalSequence(g) => format!("view as of global sequence {g}"),
+            At::RecordedAt(t) => format!("view as of {}s", t.seconds),
+        };
+        self.gate
+            .record(&principal, request.metadata(), METHOD, &req.case_id, what)
+            .await?;
+        let log = self.log.clone();
+        let case_id = req.case_id.clone();
+        let found = tokio::task::spawn_blocking(move || match at {
+            At::GlobalSequence(g) => log.case_as_of(&case_id, |e| e.global_sequence <= g),
+            At::RecordedAt(t) => log.case_as_of(&case_id, |e| {
+                let r = e.recorded_at.unwrap_or_default();
+                (r.seconds, r.nanos) <= (t.seconds, t.nanos)
+            }),
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(status)?;
+        let (view, last, applied) = found.ok_or_else(|| not_found(&req.case_id))?;
+        Ok(Response::new(GetCaseAsOfResponse {
+            view: Some(view),
+            as_of_global_sequence: last,
+            entries_applied: applied,
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_access(
+        &self,
+        request: Request<ListAccessRequest>,
+    ) -> Result<Response<ListAccessResponse>, Status> {
+        const METHOD: &str = "/lianxi.v1.Audit/ListAccess";
+        let principal = self
+            .gate
+            .admit(request.metadata(), METHOD, Service::Audit)
+            .await?;
+        let req = request.get_ref().clone();
+        let size = page_size(req.page_size)?;
+        // Reading the access log is itself an access.
+        self.gate
+            .record(
+                &principal,
+                request.metadata(),
+                METHOD,
+                &req.case_id,
+                "access log".to_owned(),
+            )
+            .await?;
+        let access = self.gate.access_log();
+        let (records, more) = tokio::task::spawn_blocking(move || access.list(&req, size))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(status)?;
+        let next = if more {
+            records.last().map_or(0, |r| r.sequence)
+        } else {
+            0
+        };
+        Ok(Response::new(ListAccessResponse {
+            records,
+            next_after_sequence: next,
+        }))
+    }
+}

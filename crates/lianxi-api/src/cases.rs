@@ -1,0 +1,397 @@
+//! `lianxi.v1.Cases`: case status, timelines, lists, the agenda, watches and
+//! statistics, with need to know and the access log on every call.
+
+use lianxi_log::{GroupReport, Log};
+use lianxi_proto::Timestamp;
+use lianxi_proto::v1::cases_server::{Cases, CasesServer};
+use lianxi_proto::v1::{
+    CaseFilter, CaseView, GetAgendaRequest, GetAgendaResponse, GetCaseRequest, GetCaseResponse,
+    GetStatsRequest, GetStatsResponse, GetTimelineRequest, GetTimelineResponse, ListCasesRequest,
+    ListCasesResponse, TimelineEntry, WatchCaseRequest, WatchCasesRequest,
+};
+use tokio::sync::watch;
+use tonic::{Request, Response, Status};
+
+use crate::gate::{Gate, Service};
+use crate::{
+    ChangeStream, check_case_id, not_found, page_size, status, timeline_entry, wall_clock,
+};
+
+/// The `Cases` service over one node's log.
+#[derive(Clone)]
+pub struct CasesApi {
+    log: Log,
+    gate: Gate,
+    changes: watch::Receiver<Option<GroupReport>>,
+}
+
+impl CasesApi {
+    /// `changes` wakes watchers when a group has been written.
+    pub fn new(log: Log, gate: Gate, changes: watch::Receiver<Option<GroupReport>>) -> Self {
+        CasesApi { log, gate, changes }
+    }
+
+    /// The tonic server for this service.
+    pub fn into_server(self) -> CasesServer<CasesApi> {
+        CasesServer::new(self)
+    }
+
+    async fn view(&self, case_id: &str) -> Result<CaseView, Status> {
+        let log = self.log.clone();
+        let id = case_id.to_owned();
+        tokio::task::spawn_blocking(move || log.case_view(&id))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(status)?
+            .ok_or_else(|| not_found(case_id))
+    }
+
+    /// Every view the principal may see that passes `keep`, in case-id
+    /// order, starting after `after`, at most `limit` (0: no limit). Also
+    /// says whether more would follow.
+    async fn scan(
+        &self,
+        after: String,
+        limit: usize,
+        keep: impl Fn(&CaseView) -> bool + Send + 'static,
+    ) -> Result<(Vec<CaseView>, bool), Status> {
+        let log = self.log.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            let mut after = after;
+            loop {
+                let chunk = log.views_after(&after, 1000)?;
+                let exhausted = chunk.len() < 1000;
+                for view in chunk {
+                    after = view.case_id.clone();
+                    if keep(&view) {
+                        if limit > 0 && out.len() == limit {
+                            return Ok((out, true));
+                        }
+                        out.push(view);
+                    }
+                }
+                if exhausted {
+                    return Ok((out, false));
+                }
+            }
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(status)
+    }
+}
+
+/// "12 cases: A, B, C, ..." for the access log (bounded).
+fn listed(views: &[CaseView]) -> String {
+    let mut s = format!("{} case(s)", views.len());
+    for (i, v) in views.iter().enumerate() {
+        s.push_str(if i == 0 { ": " } else { ", " });
+        s.push_str(&v.case_id);
+        if s.len() > 2000 {
+            s.push_str(", ...");
+            break;
+        }
+    }
+    s
+}
+
+fn with_jurisdiction(filter: &CaseFilter, jurisdiction: &str) -> CaseFilter {
+    CaseFilter {
+        jurisdiction: jurisdiction.to_owned(),
+        ..filter.clone()
+    }
+}
+
+fn opened_between(view: &CaseView, from: Option<Timestamp>, before: Option<Timestamp>) -> bool {
+    let opened = view.opened_at.unwrap_or_default();
+    let key = (opened.seconds, opened.nanos);
+    from.is_none_or(|f| key >= (f.seconds, f.nanos))
+        && before.is_none_or(|b| key < (b.seconds, b.nanos))
+}
+
+#[tonic::async_trait]
+impl Cases for CasesApi {
+    #[tracing::instrument(skip_all, fields(case_id = %request.get_ref().case_id))]
+    async fn get_case(
+        &self,
+        request: Request<GetCaseRequest>,
+    ) -> Result<Response<GetCaseResponse>, Status> {
+        const METHOD: &str = "/lianxi.v1.Cases/GetCase";
+        let principal = self
+            .gate
+            .admit(request.metadata(), METHOD, Service::Cases)
+            .await?;
+        let req = request.get_ref().clone();
+        check_case_id(&req.case_id)?;
+        let applied = self.log.checkpoint().stream_sequence;
+        let view = self.view(&req.case_id).await?;
+        self.gate
+            .check_case(&principal, request.metadata(), METHOD, &view)
+            .await?;
+        self.gate
+            .record(
+                &principal,
+                request.metadata(),
+                METHOD,
+                &req.case_id,
+                "case view".into(),
+            )
+            .await?;
+        let now = req.now.unwrap_or_else(wall_clock);
+        let evaluation = lianxi_domain::evaluate(&view, &now);
+        Ok(Response::new(GetCaseResponse {
+            view: Some(view),
+            evaluated_at: Some(now),
+            overdue: evaluation.overdue,
+            protection_order_active: evaluation.protection_order_active,
+            applied_stream_sequence: applied,
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(case_id = %request.get_ref().case_id))]
+    async fn get_timeline(
+        &self,
+        request: Request<GetTimelineRequest>,
+    ) -> Result<Response<GetTimelineResponse>, Status> {
+        const METHOD: &str = "/lianxi.v1.Cases/GetTimeline";
+        let principal = self
+            .gate
+            .admit(request.metadata(), METHOD, Service::Cases)
+            .await?;
+        let req = request.get_ref().clone();
+        check_case_id(&req.case_id)?;
+        let size = page_size(req.page_size)?;
+        let applied = self.log.checkpoint().stream_sequence;
+        let view = self.view(&req.case_id).await?;
+        self.gate
+            .check_case(&principal, request.metadata(), METHOD, &view)
+            .await?;
+        let log = self.log.clone();
+        let case_id = req.case_id.clone();
+        let after = req.after_case_sequence;
+        // One more than asked tells whether another page follows.
+        let entries =
+            tokio::task::spawn_blocking(move || log.case_entries(&case_id, after, size + 1))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(status)?;
+        let more = entries.len() > size;
+        let entries: Vec<TimelineEntry> = entries.iter().take(size).map(timeline_entry).collect();
+        let next = if more {
+            entries.last().map_or(0, |e| e.case_sequence)
+        } else {
+            0
+        };
+        self.gate
+            .record(
+                &principal,
+                request.metadata(),
+                METHOD,
+                &req.case_id,
+                format!("timeline entries after {after}: {}", entries.len()),
+            )
+            .await?;
+        Ok(Response::new(GetTimelineResponse {
+            case_id: req.case_id,
+            entries,
+            next_after_case_sequence: next,
+            applied_stream_sequence: applied,
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_cases(
+        &self,
+        request: Request<ListCasesRequest>,
+    ) -> Result<Response<ListCasesResponse>, Status> {
+        const METHOD: &str = "/lianxi.v1.Cases/ListCases";
+        let principal = self
+            .gate
+            .admit(request.metadata(), METHOD, Service::Cases)
+            .await?;
+        let req = request.get_ref().clone();
+        let size = page_size(req.page_size)?;
+        let now = req.now.unwrap_or_else(wall_clock);
+        let filter = req.filter.unwrap_or_default();
+        let p = principal.clone();
+        let (views, more) = self
+            .scan(req.page_token.clone(), size, move |v| {
+                crate::auth::may_read_case(&p, v) && lianxi_domain::matches(&filter, v, &now)
+            })
+            .await?;
+        self.gate
+            .record(&principal, request.metadata(), METHOD, "", listed(&views))
+            .await?;
+        let next = if more {
+            views.last().map(|v| v.case_id.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(ListCasesResponse {
+            cases: views
+                .iter()
+                .map(|v| lianxi_domain::summarize(v, &now))
+                .collect(),
+            next_page_token: next,
+            evaluated_at: Some(now),
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn get_agenda(
+        &self,
+        request: Request<GetAgendaRequest>,
+    ) -> Result<Response<GetAgendaResponse>, Status> {
+        const METHOD: &str = "/lianxi.v1.Cases/GetAgenda";
+        let principal = self
+            .gate
+            .admit(request.metadata(), METHOD, Service::Cases)
+            .await?;
+        let req = request.get_ref().clone();
+        let now = req.now.unwrap_or_else(wall_clock);
+        let filter = with_jurisdiction(&CaseFilter::default(), &req.jurisdiction);
+        let p = principal.clone();
+        let (views, _) = self
+            .scan(String::new(), 0, move |v| {
+                crate::auth::may_read_case(&p, v) && lianxi_domain::matches(&filter, v, &now)
+            })
+            .await?;
+        let days = match req.expiring_within_days {
+            0 => 14,
+            d => d,
+        };
+        let items = lianxi_domain::agenda(&views, &now, days);
+        let on_agenda: Vec<CaseView> = items
+            .iter()
+            .filter_map(|i| i.case.as_ref())
+            .filter_map(|c| views.iter().find(|v| v.case_id == c.case_id).cloned())
+            .collect();
+        self.gate
+            .record(
+                &principal,
+                request.metadata(),
+                METHOD,
+                "",
+                listed(&on_agenda),
+            )
+            .await?;
+        Ok(Response::new(GetAgendaResponse {
+            items,
+            evaluated_at: Some(now),
+        }))
+    }
+
+    type WatchCaseStream = ChangeStream;
+
+    #[tracing::instrument(skip_all, fields(case_id = %request.get_ref().case_id))]
+    async fn watch_case(
+        &self,
+        request: Request<WatchCaseRequest>,
+    ) -> Result<Response<Self::WatchCaseStream>, Status> {
+        const METHOD: &str = "/lianxi.v1.Cases/WatchCase";
+        let principal = self
+            .gate
+            .admit(request.metadata(), METHOD, Service::Cases)
+            .await?;
+        let req = request.get_ref().clone();
+        check_case_id(&req.case_id)?;
+        let view = self.view(&req.case_id).await?;
+        self.gate
+            .check_case(&principal, request.metadata(), METHOD, &view)
+            .await?;
+        self.gate
+            .record(
+                &principal,
+                request.metadata(),
+                METHOD,
+                &req.case_id,
+                format!("watch after global sequence {}", req.after_global_sequence),
+            )
+            .await?;
+        let p = principal.clone();
+        let rx = crate::watch::spawn_case(
+            self.log.clone(),
+            self.changes.clone(),
+            req.case_id,
+            req.after_global_sequence,
+            Box::new(move |v| crate::auth::may_read_case(&p, v)),
+        );
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    type WatchCasesStream = ChangeStream;
+
+    #[tracing::instrument(skip_all)]
+    async fn watch_cases(
+        &self,
+        request: Request<WatchCasesRequest>,
+    ) -> Result<Response<Self::WatchCasesStream>, Status> {
+        const METHOD: &str = "/lianxi.v1.Cases/WatchCases";
+        let principal = self
+            .gate
+            .admit(request.metadata(), METHOD, Service::Cases)
+            .await?;
+        let req = request.get_ref().clone();
+        self.gate
+            .record(
+                &principal,
+                request.metadata(),
+                METHOD,
+                "",
+                format!(
+                    "watch cases after global sequence {} (each case checked for need to know)",
+                    req.after_global_sequence
+                ),
+            )
+            .await?;
+        let p = principal.clone();
+        let rx = crate::watch::spawn_cases(
+            self.log.clone(),
+            self.changes.clone(),
+            req.filter.unwrap_or_default(),
+            req.after_global_sequence,
+            wall_clock,
+            Box::new(move |v| crate::auth::may_read_case(&p, v)),
+        );
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn get_stats(
+        &self,
+        request: Request<GetStatsRequest>,
+    ) -> Result<Response<GetStatsResponse>, Status> {
+        const METHOD: &str = "/lianxi.v1.Cases/GetStats";
+        let principal = self
+            .gate
+            .admit(request.metadata(), METHOD, Service::Cases)
+            .await?;
+        let req = request.get_ref().clone();
+        let now = req.now.unwrap_or_else(wall_clock);
+        let filter = with_jurisdiction(&CaseFilter::default(), &req.jurisdiction);
+        let p = principal.clone();
+        let (from, before) = (req.opened_from, req.opened_before);
+        let (views, _) = self
+            .scan(String::new(), 0, move |v| {
+                crate::auth::may_read_case(&p, v)
+                    && lianxi_domain::matches(&filter, v, &now)
+                    && opened_between(v, from, before)
+            })
+            .await?;
+        self.gate
+            .record(
+                &principal,
+                request.metadata(),
+                METHOD,
+                "",
+                format!("statistics over {} case(s)", views.len()),
+            )
+            .await?;
+        Ok(Response::new(lianxi_domain::stats(&views, &now)))
+    }
+}

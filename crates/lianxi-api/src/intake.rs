@@ -1,0 +1,107 @@
+//! `lianxi.v1.Intake`: what the node did with what agencies sent.
+
+use lianxi_log::Log;
+use lianxi_proto::v1::intake_server::{Intake, IntakeServer};
+use lianxi_proto::v1::{Agency, ListRejectionsRequest, ListRejectionsResponse};
+use tonic::{Request, Response, Status};
+
+use crate::auth::Role;
+use crate::gate::{Gate, Service};
+use crate::{page_size, status};
+
+/// The `Intake` service.
+#[derive(Clone)]
+pub struct IntakeApi {
+    log: Log,
+    gate: Gate,
+}
+
+impl IntakeApi {
+    pub fn new(log: Log, gate: Gate) -> Self {
+        IntakeApi { log, gate }
+    }
+
+    pub fn into_server(self) -> IntakeServer<IntakeApi> {
+        IntakeServer::new(self)
+    }
+}
+
+#[tonic::async_trait]
+impl Intake for IntakeApi {
+    #[tracing::instrument(skip_all, fields(agency = request.get_ref().agency))]
+    async fn list_rejections(
+        &self,
+        request: Request<ListRejectionsRequest>,
+    ) -> Result<Response<ListRejectionsResponse>, Status> {
+        const METHOD: &str = "/lianxi.v1.Intake/ListRejections";
+        let principal = self
+            .gate
+            .admit(request.metadata(), METHOD, Service::Intake)
+            .await?;
+        let req = *request.get_ref();
+        let asked = Agency::try_from(req.agency).map_err(|_| {
+            Status::invalid_argument(format!("agency {} is not a known agency", req.agency))
+        })?;
+        // An agency sees only what arrived on its own subjects.
+        let agency = match &principal.role {
+            Role::Agency(own) if asked != Agency::Unspecified && asked != *own => {
+                let refusal = Status::permission_denied(format!(
+                    "{} may list only its own rejections; leave --agency out or name your own",
+                    principal.name
+                ));
+                return Err(self
+                    .gate
+                    .deny(&principal, request.metadata(), METHOD, "", refusal)
+                    .await);
+            }
+            Role::Agency(own) => *own,
+            _ => asked,
+        };
+        let size = page_size(req.page_size)?;
+        let log = self.log.clone();
+        let mut after = req.after_stream_sequence;
+        // Filtering by agency may skip records; scan in bounded chunks until
+        // a page is full or the records run out.
+        let (rejections, more) = tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            loop {
+                let chunk = log.rejections(after, 1000)?;
+                let exhausted = chunk.len() < 1000;
+                for r in chunk {
+                    after = r.stream_sequence;
+                    let receipt = lianxi_log::rejection_receipt(&r);
+                    if agency == Agency::Unspecified || receipt.agency == agency as i32 {
+                        if out.len() == size {
+                            return Ok::<_, lianxi_log::Error>((out, true));
+                        }
+                        out.push(receipt);
+                    }
+                }
+                if exhausted {
+                    return Ok((out, false));
+                }
+            }
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(status)?;
+        self.gate
+            .record(
+                &principal,
+                request.metadata(),
+                METHOD,
+                "",
+                format!("{} rejection(s)", rejections.len()),
+            )
+            .await?;
+        let next = if more {
+            rejections.last().map_or(0, |r| r.stream_sequence)
+        } else {
+            0
+        };
+        Ok(Response::new(ListRejectionsResponse {
+            rejections,
+            next_after_stream_sequence: next,
+        }))
+    }
+}
