@@ -720,3 +720,118 @@ async fn node_and_client_ride_out_a_nats_server_restart() {
     assert_eq!(view.case_sequence, 21);
     drop(nats);
 }
+
+#[tokio::test]
+async fn the_secretariat_auditors_and_agencies_each_see_what_they_may() {
+    let nats = Nats::start();
+    let data = tempfile::tempdir().unwrap();
+    let principals = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/principals.example.toml"
+    );
+    let node = Node::start_with_env(
+        &nats.url(),
+        data.path(),
+        &[("LIANXI_PRINCIPALS", principals)],
+    );
+    wait_for_stream(&nats.jetstream().await).await;
+    let demo = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/demo/dv-case.jsonl"
+    );
+    let grpc = node.grpc_addr.clone();
+    let url = nats.url();
+    let as_who = |token: &'static str| {
+        vec![
+            ("LIANXI_GRPC_ADDR", grpc.clone()),
+            ("LIANXI_NATS_URL", url.clone()),
+            ("LIANXI_TOKEN", token.to_owned()),
+        ]
+    };
+    let run = |args: &[&str], env: &[(&str, String)]| {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        lianxi(args, &env)
+    };
+    let (ok, out, err) = run(&["publish", "-q", demo], &as_who(""));
+    assert!(ok, "{out} {err}");
+    let now = "2026-11-29T09:00:00+08:00";
+    let secretariat = as_who("dev-only-xihu-token");
+    let police = as_who("dev-only-police-token");
+    let auditor = as_who("dev-only-audit-token");
+    let ops = as_who("dev-only-ops-token");
+
+    // No token: told what to do.
+    let (ok, _, err) = run(&["cases"], &as_who(""));
+    assert!(!ok && err.contains("token"), "{err}");
+
+    // The secretariat of the district sees the case, its agenda and figures,
+    // and states a purpose that the access log keeps.
+    let mut with_purpose = secretariat.clone();
+    with_purpose.push(("LIANXI_PURPOSE", "准备联席会议 (meeting prep)".to_owned()));
+    let (ok, out, err) = run(&["cases", "--now", now], &with_purpose);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("1 case(s)") && out.contains("DV-2026-0117"),
+        "{out}"
+    );
+    let (ok, out, err) = run(&["cases", "--status", "closed"], &secretariat);
+    assert!(ok && out.contains("0 case(s)"), "{out} {err}");
+    let (ok, out, err) = run(&["agenda", "--now", now], &secretariat);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("DV-2026-0117") && out.contains("escalated"),
+        "{out}"
+    );
+    let (ok, out, err) = run(&["stats", "--now", now, "--json"], &secretariat);
+    assert!(ok, "{err}");
+    let stats: pb::GetStatsResponse = serde_json::from_str(&out).unwrap();
+    assert_eq!(stats.cases, 1);
+    let (ok, out, err) = run(
+        &["watch", "DV-2026-0117", "--count", "1", "--json"],
+        &secretariat,
+    );
+    assert!(ok, "{err}");
+    let first: pb::CaseChange = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert!(first.snapshot);
+    assert_eq!(first.view.unwrap().case_sequence, 31);
+
+    // The police are involved: they see it. Operators and auditors do not
+    // read cases through the Cases service.
+    let (ok, out, _) = run(&["case", "DV-2026-0117"], &police);
+    assert!(ok && out.contains("ACTION PLAN"), "{out}");
+    let (ok, _, err) = run(&["case", "DV-2026-0117"], &ops);
+    assert!(!ok && err.to_lowercase().contains("may not"), "{err}");
+    let (ok, _, err) = run(&["cases"], &auditor);
+    assert!(!ok, "{err}");
+
+    // The auditor replays the past and reads the access log.
+    let (ok, out, err) = run(
+        &["as-of", "DV-2026-0117", "--sequence", "5", "--json"],
+        &auditor,
+    );
+    assert!(ok, "{err}");
+    let past: pb::GetCaseAsOfResponse = serde_json::from_str(&out).unwrap();
+    assert_eq!(past.view.unwrap().case_sequence, 5);
+    assert_eq!(past.entries_applied, 5);
+    let (ok, out, err) = run(&["access", "--json"], &auditor);
+    assert!(ok, "{err}");
+    let log: pb::ListAccessResponse = serde_json::from_str(&out).unwrap();
+    let by = |who: &str| log.records.iter().filter(|r| r.principal == who).count();
+    assert!(by("secretariat-xihu") >= 5, "{out}");
+    assert!(
+        log.records
+            .iter()
+            .any(|r| r.purpose == "准备联席会议 (meeting prep)" && r.method.ends_with("ListCases"))
+    );
+    assert!(
+        log.records
+            .iter()
+            .any(|r| r.principal == "ops" && !r.allowed)
+    );
+    assert!(
+        log.records
+            .iter()
+            .any(|r| r.principal == "(unauthenticated)" && !r.allowed)
+    );
+    drop(node);
+}

@@ -160,12 +160,18 @@ pub struct Node {
 
 impl Node {
     pub fn start(nats_url: &str, data_dir: &Path) -> Node {
+        Self::start_with_env(nats_url, data_dir, &[])
+    }
+
+    /// Starts a node with more `LIANXI_*` settings (e.g. a principals file).
+    pub fn start_with_env(nats_url: &str, data_dir: &Path, envs: &[(&str, &str)]) -> Node {
         let mut child = Command::new(LIANXI)
             .arg("serve")
             .env("LIANXI_NATS_URL", nats_url)
             .env("LIANXI_DATA_DIR", data_dir)
             .env("LIANXI_GRPC_ADDR", "127.0.0.1:0")
             .env("LIANXI_LOG", "warn")
+            .envs(envs.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

@@ -558,8 +558,12 @@ fn apply_body(ctx: &Context<'_>, v: &mut CaseView, e: &Applied<'_>, body: &Body)
             }
             v.closed_at = Some(at);
             v.closure_outcome = b.outcome;
+            // An agency that returned its referral stays returned: need to
+            // know must not give it the case back at closure.
             for x in &mut v.agencies {
-                x.state = InvolvementState::Done as i32;
+                if x.state != InvolvementState::Returned as i32 {
+                    x.state = InvolvementState::Done as i32;
+                }
             }
             false
         }

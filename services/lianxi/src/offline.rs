@@ -57,7 +57,16 @@ pub(crate) fn verify(data_dir: &Path, policy: Option<&Path>) -> Result<()> {
                 report.cases,
                 hex::encode(report.last_hash)
             );
-            Ok(())
+            match log.access_log().verify() {
+                Ok(n) => {
+                    println!("ok: access log of {n} records, chain intact");
+                    Ok(())
+                }
+                Err(e) => bail!(
+                    "access log verification FAILED: {e}\nthe record of who read what in {} has been altered or damaged; keep a copy of the directory for investigation",
+                    data_dir.display()
+                ),
+            }
         }
         Err(e) => bail!(
             "verification FAILED: {e}\nthe log in {} has been altered or damaged; keep a copy of the directory for investigation and re-read the events stream into a fresh data directory",

@@ -898,3 +898,22 @@ fn a_scenario_rebuilt_from_its_log_is_identical() {
     let rebuilt = given(s.log.clone());
     assert_eq!(s.view().encode_to_vec(), rebuilt.view().encode_to_vec());
 }
+
+#[test]
+fn an_agency_that_returned_its_referral_stays_returned_when_the_case_closes() {
+    let v = given(vec![
+        opening(),
+        ev("e-r", WF, T1, refer("r-1", POLICE, false)),
+        ev("e-x", POLICE, T1, ret("r-1")),
+    ])
+    .then_ok(ev("e-c", WF, T2, closed()));
+    let state = |a: Agency| {
+        v.agencies
+            .iter()
+            .find(|x| x.agency == a as i32)
+            .map(|x| x.state)
+    };
+    assert_eq!(state(POLICE), Some(InvolvementState::Returned as i32));
+    assert_eq!(state(WF), Some(InvolvementState::Done as i32));
+    assert!(!lianxi_domain::is_involved(&v, POLICE));
+}
