@@ -5,8 +5,9 @@ use lianxi_log::Log;
 use lianxi_proto::v1::audit_server::{Audit, AuditServer};
 use lianxi_proto::v1::get_case_as_of_request::At;
 use lianxi_proto::v1::{
-    GetCaseAsOfRequest, GetCaseAsOfResponse, ListAccessRequest, ListAccessResponse, LogEntry,
-    ReadLogRequest,
+    ConsistencyProof, GetCaseAsOfRequest, GetCaseAsOfResponse, GetConsistencyProofRequest,
+    GetInclusionProofRequest, GetTreeHeadRequest, InclusionProof, ListAccessRequest,
+    ListAccessResponse, LogEntry, ReadLogRequest, TreeHead,
 };
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
@@ -184,5 +185,176 @@ impl Audit for AuditApi {
             records,
             next_after_sequence: next,
         }))
+    }
+
+    #[tracing::instrument(skip_all, fields(tree_size = request.get_ref().tree_size))]
+    async fn get_tree_head(
+        &self,
+        request: Request<GetTreeHeadRequest>,
+    ) -> Result<Response<TreeHead>, Status> {
+        const METHOD: &str = "/lianxi.v1.Audit/GetTreeHead";
+        let principal = self
+            .gate
+            .admit(request.metadata(), METHOD, Service::Audit)
+            .await?;
+        let req = *request.get_ref();
+        let current = self.log.tree_size();
+        let size = match req.tree_size {
+            0 => current,
+            n => n,
+        };
+        check_tree_size("tree_size", size, current)?;
+        self.gate
+            .record(
+                &principal,
+                request.metadata(),
+                METHOD,
+                "",
+                format!("tree head at size {size}"),
+            )
+            .await?;
+        let log = self.log.clone();
+        let root = tokio::task::spawn_blocking(move || log.root(size))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(tree_status)?;
+        Ok(Response::new(TreeHead {
+            tree_size: size,
+            root_hash: root.to_vec(),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(
+        global_sequence = request.get_ref().global_sequence,
+        tree_size = request.get_ref().tree_size,
+    ))]
+    async fn get_inclusion_proof(
+        &self,
+        request: Request<GetInclusionProofRequest>,
+    ) -> Result<Response<InclusionProof>, Status> {
+        const METHOD: &str = "/lianxi.v1.Audit/GetInclusionProof";
+        let principal = self
+            .gate
+            .admit(request.metadata(), METHOD, Service::Audit)
+            .await?;
+        let req = *request.get_ref();
+        let current = self.log.tree_size();
+        let size = match req.tree_size {
+            0 => current,
+            n => n,
+        };
+        check_tree_size("tree_size", size, current)?;
+        let g = req.global_sequence;
+        if g == 0 || g > size {
+            return Err(Status::invalid_argument(format!(
+                "global_sequence {g} is not in the tree of size {size}: it must be from 1 to {size} (the log holds {current} entries; a tree_size of 0 means all of them)"
+            )));
+        }
+        // Read first (nothing leaves before the record below), so that the
+        // record names the case the entry belongs to.
+        let log = self.log.clone();
+        let (entry, proof) = tokio::task::spawn_blocking(move || {
+            let entry = log.entry(g)?;
+            let proof = log.inclusion_proof(g - 1, size)?;
+            Ok::<_, lianxi_log::Error>((entry, proof))
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(tree_status)?;
+        let Some(entry) = entry else {
+            tracing::error!(global_sequence = g, "entry below the checkpoint is missing");
+            return Err(status(lianxi_log::Error::Corruption {
+                at: lianxi_log::Location::Entry(g),
+                detail: "missing below the checkpoint".into(),
+            }));
+        };
+        let case_id = entry
+            .event
+            .as_ref()
+            .map(|e| e.case_id.clone())
+            .unwrap_or_default();
+        self.gate
+            .record(
+                &principal,
+                request.metadata(),
+                METHOD,
+                &case_id,
+                format!("inclusion proof of log entry {g} in tree size {size}"),
+            )
+            .await?;
+        Ok(Response::new(InclusionProof {
+            leaf_index: g - 1,
+            tree_size: size,
+            leaf_hash: lianxi_log::leaf_hash(&entry.hash).to_vec(),
+            hashes: proof.iter().map(|h| h.to_vec()).collect(),
+            entry: Some(entry),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(
+        old_size = request.get_ref().old_size,
+        new_size = request.get_ref().new_size,
+    ))]
+    async fn get_consistency_proof(
+        &self,
+        request: Request<GetConsistencyProofRequest>,
+    ) -> Result<Response<ConsistencyProof>, Status> {
+        const METHOD: &str = "/lianxi.v1.Audit/GetConsistencyProof";
+        let principal = self
+            .gate
+            .admit(request.metadata(), METHOD, Service::Audit)
+            .await?;
+        let req = *request.get_ref();
+        let current = self.log.tree_size();
+        let new = match req.new_size {
+            0 => current,
+            n => n,
+        };
+        check_tree_size("new_size", new, current)?;
+        let old = req.old_size;
+        if old == 0 || old > new {
+            return Err(Status::invalid_argument(format!(
+                "old_size {old} is out of range: it must be from 1 to new_size {new} (every tree extends the empty one, so there is nothing to prove from size 0)"
+            )));
+        }
+        self.gate
+            .record(
+                &principal,
+                request.metadata(),
+                METHOD,
+                "",
+                format!("consistency proof from tree size {old} to {new}"),
+            )
+            .await?;
+        let log = self.log.clone();
+        let proof = tokio::task::spawn_blocking(move || log.consistency_proof(old, new))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(tree_status)?;
+        Ok(Response::new(ConsistencyProof {
+            old_size: old,
+            new_size: new,
+            hashes: proof.iter().map(|h| h.to_vec()).collect(),
+        }))
+    }
+}
+
+/// A requested tree size must be within the log as it is now (the tree only
+/// grows, so a size that passes here stays valid).
+fn check_tree_size(field: &str, size: u64, current: u64) -> Result<(), Status> {
+    if size > current {
+        return Err(Status::invalid_argument(format!(
+            "{field} {size} is larger than the log, which holds {current} entries; ask for at most {current}, or 0 for the current tree"
+        )));
+    }
+    Ok(())
+}
+
+/// Log errors of the tree calls: a range the log cannot answer for is the
+/// caller's mistake, anything else the node's.
+fn tree_status(e: lianxi_log::Error) -> Status {
+    match e {
+        lianxi_log::Error::OutOfRange { .. } => Status::invalid_argument(e.to_string()),
+        e => status(e),
     }
 }

@@ -73,8 +73,16 @@ pub(crate) fn spawn_case(
                 )))
                 .await;
             }
-            last_case_seq = view.case_sequence;
-            last_global = last_global.max(view.last_global_sequence);
+            if after == 0 {
+                // Starting from the present: the snapshot covers everything
+                // up to it.
+                last_case_seq = view.case_sequence;
+                last_global = view.last_global_sequence;
+            }
+            // Resuming: the snapshot may already include changes written
+            // while catching up; they are still sent as changes below, and
+            // the snapshot's sequence stays at the last change sent, so a
+            // watcher that resumes from it misses nothing.
             let snapshot = CaseChange {
                 case_id: case_id.clone(),
                 global_sequence: last_global,
@@ -85,6 +93,10 @@ pub(crate) fn spawn_case(
             if tx.send(Ok(snapshot)).await.is_err() {
                 return;
             }
+        }
+        if after > 0 {
+            // Pick up whatever was written during the catch-up at once.
+            changes.mark_changed();
         }
         // Live.
         loop {

@@ -54,8 +54,8 @@ use chrono::DateTime;
 use lianxi_proto::Timestamp;
 use lianxi_proto::v1::{
     Agency, AgencyRate, AgendaItem, AgendaReason, CaseFilter, CaseSummary, CaseView, Category,
-    CoordinatedStatus, Count, DurationStat, Flags, GetStatsResponse, InvolvementState, Obligation,
-    ObligationKind, RiskLevel,
+    CoordinatedStatus, Count, DurationStat, Flags, GetStatsResponse, InvolvementState, Level,
+    Obligation, ObligationKind, RiskLevel,
 };
 
 use crate::evaluate::evaluate;
@@ -330,6 +330,10 @@ fn risk_key(v: i32) -> String {
     )
 }
 
+fn level_key(v: i32) -> String {
+    enum_key(Level::try_from(v).ok().map(|c| c.as_str_name()), "LEVEL", v)
+}
+
 fn status_key(v: i32) -> String {
     enum_key(
         CoordinatedStatus::try_from(v).ok().map(|c| c.as_str_name()),
@@ -421,6 +425,7 @@ pub fn stats(views: &[CaseView], now: &Timestamp) -> GetStatsResponse {
     let by_risk_level = counts(views.iter().map(|v| risk_key(flags(v).risk_level)));
     let by_month = counts(views.iter().map(|v| month_key(v.opened_at.as_ref())));
     let by_status = counts(views.iter().map(|v| status_key(v.status)));
+    let by_network_level = counts(views.iter().map(|v| level_key(v.level)));
 
     let measure = |end: fn(&CaseView) -> Option<Timestamp>| -> Vec<i128> {
         views
@@ -475,5 +480,6 @@ pub fn stats(views: &[CaseView], now: &Timestamp) -> GetStatsResponse {
         durations,
         overdue_by_agency,
         evaluated_at: Some(*now),
+        by_network_level,
     }
 }

@@ -12,6 +12,28 @@ pub enum Error {
     Locked { path: String },
     #[error("log corrupted at {at}: {detail}")]
     Corruption { at: Location, detail: String },
+    /// A tree size, leaf index or proof size the log cannot answer for:
+    /// `value` of `what` against the bound `size`.
+    #[error("{what} {value} is out of range: {bound}", bound = range_bound(what, *size))]
+    OutOfRange {
+        what: &'static str,
+        value: u64,
+        size: u64,
+    },
+}
+
+fn range_bound(what: &str, size: u64) -> String {
+    match what {
+        "leaf index" => format!(
+            "the tree of size {size} has leaf indexes 0 to {}",
+            size.saturating_sub(1)
+        ),
+        "old size" => format!("it must be from 1 to the new size {size}"),
+        _ if size == 0 => {
+            "the log is empty, so there is no tree to prove anything about yet".to_owned()
+        }
+        _ => format!("the log holds {size} entries, so it must be from 1 to {size}"),
+    }
 }
 
 /// Where corruption was found, so an operator knows which entry to inspect.
@@ -33,6 +55,8 @@ pub enum Location {
     Access(u64),
     /// The access log's head (its last sequence and hash).
     AccessHead,
+    /// A stored Merkle tree node, by level and index.
+    TreeNode(u8, u64),
 }
 
 impl std::fmt::Display for Location {
@@ -46,6 +70,7 @@ impl std::fmt::Display for Location {
             Location::Key(k) => write!(f, "key {k}"),
             Location::Access(s) => write!(f, "access record {s}"),
             Location::AccessHead => write!(f, "access log head"),
+            Location::TreeNode(l, i) => write!(f, "Merkle tree node {i} at level {l}"),
         }
     }
 }

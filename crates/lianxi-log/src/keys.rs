@@ -35,6 +35,28 @@ pub(crate) fn person_history(person: &str, global_sequence: u64) -> Vec<u8> {
     k
 }
 
+/// `T` + level (u8) + index (u64) -> the 32-byte RFC 6962 hash of the perfect
+/// Merkle subtree of 2^level leaves starting at leaf `index * 2^level` (level
+/// 0: the leaf hashes). Derived from the entries, written in the same batch,
+/// rebuilt by `rebuild`.
+pub(crate) const TREE: u8 = b'T';
+
+pub(crate) fn tree_node(level: u8, index: u64) -> [u8; 10] {
+    let mut k = [0u8; 10];
+    k[0] = TREE;
+    k[1] = level;
+    k[2..].copy_from_slice(&index.to_be_bytes());
+    k
+}
+
+/// The level and index of a `T` key, if it is one.
+pub(crate) fn parse_tree_node(key: &[u8]) -> Option<(u8, u64)> {
+    match key {
+        [TREE, level, rest @ ..] => Some((*level, be_u64(rest)?)),
+        _ => None,
+    }
+}
+
 /// `S` + stream sequence -> global sequence of the entry it became.
 pub(crate) const BY_STREAM: u8 = b'S';
 /// `X` + event id -> stream sequence of the latest rejection of that id.

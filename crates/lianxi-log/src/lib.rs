@@ -6,6 +6,11 @@
 //! rejections and the stream checkpoint) is written by one atomic
 //! `apply_batch` and one flush. A multi-tree transaction per event measured
 //! about 10x slower on this stack (see ARCHITECTURE.md).
+//!
+//! The log is also an RFC 6962 Merkle tree over its entries (`merkle`):
+//! `Log::root`, `Log::inclusion_proof` and `Log::consistency_proof` answer
+//! from stored subtrees, and `verify_inclusion` / `verify_consistency` check
+//! the proofs without the log.
 
 #![forbid(unsafe_code)]
 
@@ -13,6 +18,7 @@ mod access;
 mod error;
 mod keys;
 mod log;
+mod merkle;
 mod receipts;
 
 pub use access::{AccessLog, access_hash};
@@ -21,4 +27,5 @@ pub use log::{
     EventOutcome, GroupReport, Incoming, Log, MAX_EVENT_BYTES, RebuildReport, VerifyReport,
     entry_hash,
 };
+pub use merkle::{Hash, empty_root, leaf_hash, node_hash, verify_consistency, verify_inclusion};
 pub use receipts::rejected as rejection_receipt;

@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 use crate::access::AccessLog;
 use crate::error::{Error, Location, Result};
 use crate::keys;
+use crate::merkle::{self, Frontier, Hash, Stored};
 use crate::receipts;
 
 /// The largest event the node accepts, in bytes. Larger messages are
@@ -103,6 +104,8 @@ pub struct VerifyReport {
     pub entries: u64,
     pub cases: u64,
     pub last_hash: [u8; 32],
+    /// The Merkle tree root over all entries, recomputed from the entries.
+    pub root: [u8; 32],
 }
 
 /// The log of one node. Cheap to clone; reads run concurrently, appends are
@@ -202,6 +205,13 @@ impl Log {
     /// the checkpoint are reported as already processed and change nothing.
     pub fn append_group(&self, group: &[Incoming]) -> Result<GroupReport> {
         let mut cp = self.writer();
+        // A log written before it kept a Merkle tree (or one whose tree was
+        // damaged) must be rebuilt before it grows: say so before anything.
+        if let Some(last) = cp.global_sequence.checked_sub(1)
+            && merkle::read_node(&self.inner.tree, 0, last)?.is_none()
+        {
+            return Err(merkle::missing(0, last));
+        }
         let mut work = Group::new(self, cp.clone());
         let mut outcomes = Vec::with_capacity(group.len());
         for msg in group {
@@ -498,8 +508,9 @@ impl Log {
         Ok(())
     }
 
-    /// Recreates every view (and the person index they depend on) from the
-    /// log alone, and replaces the stored ones in one atomic batch.
+    /// Recreates every view (and the person index they depend on) and the
+    /// Merkle tree nodes from the log alone, and replaces the stored ones in
+    /// one atomic batch (so a log written before it kept a tree gets one).
     pub fn rebuild(&self) -> Result<RebuildReport> {
         let _writer = self.writer();
         let tree = &self.inner.tree;
@@ -507,9 +518,26 @@ impl Log {
         let mut persons: BTreeMap<String, PriorCase> = BTreeMap::new();
         let mut history = Vec::new();
         let mut entries = 0u64;
+        let mut frontier = Frontier::default();
+        let mut nodes = Vec::new();
         for item in tree.scan_prefix([keys::ENTRY]) {
             let (k, v) = item?;
             let entry = decode_entry(&k, &v)?;
+            let hash = Hash::try_from(entry.hash.as_slice()).map_err(|_| Error::Corruption {
+                at: Location::Entry(entry.global_sequence),
+                detail: format!("the entry's hash is {} bytes, not 32", entry.hash.len()),
+            })?;
+            if entry.global_sequence != frontier.size() + 1 {
+                return Err(Error::Corruption {
+                    at: Location::Entry(frontier.size() + 1),
+                    detail: format!(
+                        "expected global sequence {}, found {}; run `lianxi verify`",
+                        frontier.size() + 1,
+                        entry.global_sequence
+                    ),
+                });
+            }
+            nodes.extend(frontier.push(merkle::leaf_hash(&hash))?);
             let event = entry.event.clone().unwrap_or_default();
             let prior = person_key(&event).and_then(|p| persons.get(p)).cloned();
             let ctx = Context {
@@ -534,7 +562,7 @@ impl Log {
             entries += 1;
         }
         let mut batch = sled::Batch::default();
-        for prefix in [keys::VIEW, keys::PERSON, keys::PERSON_HISTORY] {
+        for prefix in [keys::VIEW, keys::PERSON, keys::PERSON_HISTORY, keys::TREE] {
             for item in tree.scan_prefix([prefix]) {
                 let (k, _) = item?;
                 batch.remove(k);
@@ -549,6 +577,9 @@ impl Log {
         for (key, prior) in &history {
             batch.insert(key.as_slice(), encode_prior(prior));
         }
+        for (level, index, hash) in &nodes {
+            batch.insert(&keys::tree_node(*level, *index), hash);
+        }
         tree.apply_batch(batch)?;
         self.inner.db.flush()?;
         Ok(RebuildReport {
@@ -559,12 +590,15 @@ impl Log {
 
     /// Checks the whole log: dense global and case sequences, each entry's
     /// hash and its link to the previous one, the per-case index and dedup
-    /// index pointing at the right entries, and the checkpoint at the end.
+    /// index pointing at the right entries, every stored Merkle tree node
+    /// against the entries (and none past them), and the checkpoint at the
+    /// end.
     pub fn verify(&self) -> Result<VerifyReport> {
         let tree = &self.inner.tree;
         let mut prev = [0u8; 32];
         let mut expected = 1u64;
         let mut case_seqs: HashMap<String, u64> = HashMap::new();
+        let mut frontier = Frontier::default();
         for item in tree.scan_prefix([keys::ENTRY]) {
             let (k, v) = item?;
             let entry = decode_entry(&k, &v)?;
@@ -620,6 +654,22 @@ impl Log {
                     detail: format!("does not point at entry {expected}"),
                 });
             }
+            for (level, index, computed) in frontier.push(merkle::leaf_hash(&hash))? {
+                match merkle::read_node(tree, level, index)? {
+                    Some(stored) if stored == computed => {}
+                    Some(stored) => {
+                        return Err(Error::Corruption {
+                            at: Location::TreeNode(level, index),
+                            detail: format!(
+                                "the stored Merkle node {} does not match {} computed from the entries",
+                                hex::encode(stored),
+                                hex::encode(computed)
+                            ),
+                        });
+                    }
+                    None => return Err(merkle::missing(level, index)),
+                }
+            }
             prev = hash;
             expected += 1;
         }
@@ -637,11 +687,65 @@ impl Log {
                 ),
             });
         }
+        // No node may cover a leaf past the last entry.
+        for item in tree.scan_prefix([keys::TREE]) {
+            let (k, _) = item?;
+            let Some((level, index)) = keys::parse_tree_node(&k) else {
+                return Err(Error::Corruption {
+                    at: Location::Key(hex::encode(&k)),
+                    detail: "not a Merkle tree node key".into(),
+                });
+            };
+            let end = index
+                .checked_add(1)
+                .and_then(|i| i.checked_mul(1u64.checked_shl(level.into())?));
+            if end.is_none_or(|end| end > entries) {
+                return Err(Error::Corruption {
+                    at: Location::TreeNode(level, index),
+                    detail: format!("covers leaves past the log's {entries} entries"),
+                });
+            }
+        }
         Ok(VerifyReport {
             entries,
             cases: case_seqs.len() as u64,
             last_hash: prev,
+            root: frontier.root(),
         })
+    }
+
+    /// The number of leaves in the Merkle tree: the global sequence of the
+    /// checkpoint (leaf `g - 1` is the entry with global sequence `g`).
+    pub fn tree_size(&self) -> u64 {
+        self.checkpoint().global_sequence
+    }
+
+    /// The RFC 6962 Merkle tree hash of the first `size` entries (the empty
+    /// tree's root, SHA-256 of the empty string, for 0), from O(log n)
+    /// stored subtrees. `OutOfRange` past `tree_size`.
+    pub fn root(&self, size: u64) -> Result<[u8; 32]> {
+        merkle::root(&Stored(&self.inner.tree), size, self.tree_size())
+    }
+
+    /// The inclusion proof (RFC 9162 §2.1.3.1 audit path) of leaf
+    /// `leaf_index` (the entry with global sequence `leaf_index + 1`) in the
+    /// tree of the first `size` entries. `OutOfRange` unless
+    /// `leaf_index < size <= tree_size`.
+    pub fn inclusion_proof(&self, leaf_index: u64, size: u64) -> Result<Vec<[u8; 32]>> {
+        merkle::inclusion_proof(
+            &Stored(&self.inner.tree),
+            leaf_index,
+            size,
+            self.tree_size(),
+        )
+    }
+
+    /// The consistency proof (RFC 9162 §2.1.4.1) that the tree of the first
+    /// `new` entries extends the tree of the first `old`. `OutOfRange`
+    /// unless `1 <= old <= new <= tree_size`; `old == new` gives an empty
+    /// proof.
+    pub fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<[u8; 32]>> {
+        merkle::consistency_proof(&Stored(&self.inner.tree), old, new, self.tree_size())
     }
 
     /// The raw tree, for tests in this crate that tamper with storage.
@@ -661,6 +765,8 @@ struct Group<'a> {
     dedup: HashMap<String, u64>,
     persons: HashMap<String, PriorCase>,
     events: HashMap<String, Event>,
+    /// Merkle tree nodes written by earlier entries of this group.
+    nodes: HashMap<(u8, u64), Hash>,
 }
 
 impl<'a> Group<'a> {
@@ -673,6 +779,7 @@ impl<'a> Group<'a> {
             dedup: HashMap::new(),
             persons: HashMap::new(),
             events: HashMap::new(),
+            nodes: HashMap::new(),
         }
     }
 
@@ -854,6 +961,7 @@ impl<'a> Group<'a> {
             &keys::seq(keys::BY_STREAM, msg.stream_sequence),
             &global_sequence.to_be_bytes(),
         );
+        self.add_leaf(global_sequence - 1, &hash)?;
         self.views.insert(event.case_id.clone(), view);
         self.dedup.insert(event.event_id.clone(), global_sequence);
         self.cp.global_sequence = global_sequence;
@@ -874,6 +982,25 @@ impl<'a> Group<'a> {
         };
         self.events.insert(event.event_id.clone(), event);
         Ok(outcome)
+    }
+
+    /// Adds the entry's leaf to the Merkle tree: the leaf and every perfect
+    /// subtree it completes go into the group's batch (and the overlay, for
+    /// the group's later leaves).
+    fn add_leaf(&mut self, index: u64, entry_hash: &Hash) -> Result<()> {
+        let leaf = merkle::leaf_hash(entry_hash);
+        let tree = &self.log.inner.tree;
+        let overlay = &self.nodes;
+        let created =
+            merkle::append_leaf(index, leaf, |level, i| match overlay.get(&(level, i)) {
+                Some(h) => Ok(*h),
+                None => merkle::read_node(tree, level, i)?.ok_or_else(|| merkle::missing(level, i)),
+            })?;
+        for (level, i, hash) in created {
+            self.batch.insert(&keys::tree_node(level, i), &hash);
+            self.nodes.insert((level, i), hash);
+        }
+        Ok(())
     }
 
     fn view(&self, case_id: &str) -> Result<Option<CaseView>> {

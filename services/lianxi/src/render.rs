@@ -337,6 +337,7 @@ pub(crate) fn stats(r: &lianxi_proto::v1::GetStatsResponse) -> String {
     section(&mut s, "By status", &r.by_status, "COORDINATED_STATUS_");
     section(&mut s, "By category", &r.by_category, "CATEGORY_");
     section(&mut s, "By risk level", &r.by_risk_level, "RISK_LEVEL_");
+    section(&mut s, "By network level", &r.by_network_level, "LEVEL_");
     section(&mut s, "By agency involved", &r.by_agency, "AGENCY_");
     section(&mut s, "By month opened", &r.by_month, "");
     let _ = writeln!(

@@ -637,6 +637,7 @@ fn counts_by_category_agency_risk_month_and_status() {
         [("RISK_LEVEL_HIGH", 1), ("RISK_LEVEL_UNSPECIFIED", 3)]
     );
     assert_eq!(count(&s.by_month), [("2026-03", 3), ("2026-04", 1)]);
+    assert_eq!(count(&s.by_network_level), [("LEVEL_COUNTY", 4)]);
     assert_eq!(
         count(&s.by_status),
         [

@@ -375,6 +375,13 @@ fn two_logs_fed_the_same_stream_in_different_groupings_are_identical() {
     for g in 1..=n {
         assert_eq!(la.entry(g).unwrap(), lb.entry(g).unwrap());
     }
+    for size in 0..=n {
+        assert_eq!(
+            la.root(size).unwrap(),
+            lb.root(size).unwrap(),
+            "size {size}"
+        );
+    }
 }
 
 fn small_log() -> (tempfile::TempDir, Log) {
@@ -606,4 +613,298 @@ fn entries_pages_through_the_whole_log_in_order() {
         after = page.last().unwrap().global_sequence;
     }
     assert_eq!(seen, n);
+}
+
+// --- the Merkle tree over the log ---
+
+use crate::merkle::{self as mk, Hash as MkHash};
+
+/// MTH of RFC 6962 §2.1, straight from the definition, over leaf hashes.
+fn naive_mth(leaves: &[MkHash]) -> MkHash {
+    if leaves.len() <= 1 {
+        return leaves.first().copied().unwrap_or_else(mk::empty_root);
+    }
+    let k = 1usize << (usize::BITS - 1 - (leaves.len() - 1).leading_zeros());
+    mk::node_hash(&naive_mth(&leaves[..k]), &naive_mth(&leaves[k..]))
+}
+
+fn leaves_of(log: &Log) -> Vec<MkHash> {
+    log.entries(0, usize::MAX)
+        .unwrap()
+        .iter()
+        .map(|e| mk::leaf_hash(&e.hash))
+        .collect()
+}
+
+fn tree_nodes(log: &Log) -> Vec<(Vec<u8>, Vec<u8>)> {
+    log.tree()
+        .scan_prefix([keys::TREE])
+        .map(|kv| {
+            let (k, v) = kv.unwrap();
+            (k.to_vec(), v.to_vec())
+        })
+        .collect()
+}
+
+/// A log of more than 1025 entries, written in groups of random sizes (so
+/// that later leaves of a group read nodes written earlier in it).
+fn big_log(dir: &std::path::Path) -> Log {
+    let log = Log::open(dir, Policy::default()).unwrap();
+    let msgs = stream(31, 4500);
+    let mut rng = StdRng::seed_from_u64(31);
+    let mut pos = 0;
+    while pos < msgs.len() {
+        let end = (pos + rng.random_range(1..=300)).min(msgs.len());
+        log.append_group(&msgs[pos..end]).unwrap();
+        pos = end;
+    }
+    assert!(log.tree_size() > 1025, "only {} entries", log.tree_size());
+    log
+}
+
+#[test]
+fn the_log_is_a_merkle_tree_whose_proofs_verify_and_survive_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = big_log(dir.path());
+    let n = log.tree_size();
+    let leaves = leaves_of(&log);
+    assert_eq!(leaves.len() as u64, n);
+
+    let sizes: Vec<u64> = (0..=70).chain([1000, 1024, 1025, n]).collect();
+    let roots: Vec<MkHash> = sizes.iter().map(|&s| log.root(s).unwrap()).collect();
+    for (&size, root) in sizes.iter().zip(&roots) {
+        assert_eq!(*root, naive_mth(&leaves[..size as usize]), "root of {size}");
+    }
+    assert_eq!(log.verify().unwrap().root, log.root(n).unwrap());
+
+    let mut proofs = Vec::new();
+    for size in 1..=70u64 {
+        let root = log.root(size).unwrap();
+        for index in 0..size {
+            let proof = log.inclusion_proof(index, size).unwrap();
+            let leaf = &leaves[index as usize];
+            assert!(mk::verify_inclusion(leaf, index, size, &proof, &root));
+            let mut bad_leaf = *leaf;
+            bad_leaf[0] ^= 1;
+            assert!(!mk::verify_inclusion(&bad_leaf, index, size, &proof, &root));
+            if let Some(first) = proof.first() {
+                let mut bad = proof.clone();
+                bad[0] = mk::node_hash(first, first);
+                assert!(!mk::verify_inclusion(leaf, index, size, &bad, &root));
+            }
+            proofs.push(proof);
+        }
+        for old in 1..=size {
+            let old_root = log.root(old).unwrap();
+            let proof = log.consistency_proof(old, size).unwrap();
+            assert!(mk::verify_consistency(old, size, &old_root, &root, &proof));
+            let smaller = log.root(size - 1).unwrap();
+            assert!(!mk::verify_consistency(
+                old, size, &old_root, &smaller, &proof
+            ));
+            if let Some(last) = proof.last() {
+                let mut bad = proof.clone();
+                *bad.last_mut().unwrap() = mk::node_hash(last, last);
+                assert!(!mk::verify_consistency(old, size, &old_root, &root, &bad));
+            }
+            proofs.push(proof);
+        }
+    }
+    // The large sizes: a few proofs each way.
+    for (index, size) in [(0, n), (n - 1, n), (999, 1000), (1024, 1025), (517, 1025)] {
+        let proof = log.inclusion_proof(index, size).unwrap();
+        let root = log.root(size).unwrap();
+        assert!(mk::verify_inclusion(
+            &leaves[index as usize],
+            index,
+            size,
+            &proof,
+            &root
+        ));
+        proofs.push(proof);
+    }
+    for (old, new) in [(1000, 1025), (1, n), (70, 1024), (1025, n), (n, n)] {
+        let proof = log.consistency_proof(old, new).unwrap();
+        let (a, b) = (log.root(old).unwrap(), log.root(new).unwrap());
+        assert!(mk::verify_consistency(old, new, &a, &b, &proof));
+        proofs.push(proof);
+    }
+
+    // Reopened, the log gives the same roots and proofs.
+    drop(log);
+    let log = Log::open(dir.path(), Policy::default()).unwrap();
+    let again: Vec<MkHash> = sizes.iter().map(|&s| log.root(s).unwrap()).collect();
+    assert_eq!(again, roots);
+    let mut proofs_again = Vec::new();
+    for size in 1..=70u64 {
+        for index in 0..size {
+            proofs_again.push(log.inclusion_proof(index, size).unwrap());
+        }
+        for old in 1..=size {
+            proofs_again.push(log.consistency_proof(old, size).unwrap());
+        }
+    }
+    for (index, size) in [(0, n), (n - 1, n), (999, 1000), (1024, 1025), (517, 1025)] {
+        proofs_again.push(log.inclusion_proof(index, size).unwrap());
+    }
+    for (old, new) in [(1000, 1025), (1, n), (70, 1024), (1025, n), (n, n)] {
+        proofs_again.push(log.consistency_proof(old, new).unwrap());
+    }
+    assert_eq!(proofs_again, proofs);
+    log.verify().unwrap();
+}
+
+#[test]
+fn logs_fed_in_different_groupings_have_the_same_tree() {
+    let msgs = stream(5, 500);
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    let la = Log::open(a.path(), Policy::default()).unwrap();
+    let lb = Log::open(b.path(), Policy::default()).unwrap();
+    la.append_group(&msgs).unwrap();
+    for chunk in msgs.chunks(7) {
+        lb.append_group(chunk).unwrap();
+    }
+    let n = la.tree_size();
+    assert_eq!(n, lb.tree_size());
+    for size in 0..=n {
+        assert_eq!(
+            la.root(size).unwrap(),
+            lb.root(size).unwrap(),
+            "size {size}"
+        );
+    }
+    assert_eq!(tree_nodes(&la), tree_nodes(&lb));
+    assert_eq!(
+        tree_nodes(&la).len() as u64,
+        2 * n - u64::from(n.count_ones())
+    );
+}
+
+#[test]
+fn verify_names_a_flipped_missing_or_extra_tree_node() {
+    let (_d, log) = small_log();
+    let n = log.tree_size();
+    for (level, index) in [(0u8, 3u64), (1, 2), (3, 0)] {
+        let key = keys::tree_node(level, index);
+        let good = log.tree().get(key).unwrap().unwrap();
+        let mut bad = good.to_vec();
+        bad[9] ^= 0x40;
+        log.tree().insert(key, bad).unwrap();
+        match log.verify() {
+            Err(Error::Corruption {
+                at: Location::TreeNode(l, i),
+                detail,
+            }) if (l, i) == (level, index) => {
+                assert!(detail.contains("does not match"), "{detail}")
+            }
+            other => panic!("expected corruption at node {level}/{index}, got {other:?}"),
+        }
+        log.tree().remove(key).unwrap();
+        match log.verify() {
+            Err(Error::Corruption {
+                at: Location::TreeNode(l, i),
+                detail,
+            }) if (l, i) == (level, index) => assert!(detail.contains("missing"), "{detail}"),
+            other => panic!("expected a missing node {level}/{index}, got {other:?}"),
+        }
+        log.tree().insert(key, good).unwrap();
+        log.verify().unwrap();
+    }
+    // A node past the end of the log.
+    log.tree()
+        .insert(keys::tree_node(0, n), &[0u8; 32])
+        .unwrap();
+    assert!(matches!(
+        log.verify(),
+        Err(Error::Corruption { at: Location::TreeNode(0, i), .. }) if i == n
+    ));
+}
+
+#[test]
+fn rebuild_gives_a_log_without_a_tree_its_tree() {
+    let (_d, log) = small_log();
+    let n = log.tree_size();
+    let roots: Vec<MkHash> = (0..=n).map(|s| log.root(s).unwrap()).collect();
+    let nodes = tree_nodes(&log);
+    // As a log written before the tree existed: no `T` keys at all.
+    for (k, _) in &nodes {
+        log.tree().remove(k).unwrap();
+    }
+    assert!(matches!(
+        log.root(n),
+        Err(Error::Corruption {
+            at: Location::TreeNode(..),
+            ..
+        })
+    ));
+    assert!(matches!(
+        log.inclusion_proof(0, n),
+        Err(Error::Corruption {
+            at: Location::TreeNode(..),
+            ..
+        })
+    ));
+    // Such a log refuses to grow until rebuilt, and says how.
+    let more = stream(7, 260);
+    match log.append_group(&more[200..]) {
+        Err(
+            e @ Error::Corruption {
+                at: Location::TreeNode(0, _),
+                ..
+            },
+        ) => {
+            assert!(e.to_string().contains("lianxi rebuild"), "{e}")
+        }
+        other => panic!("expected a missing tree, got {other:?}"),
+    }
+    assert_eq!(log.checkpoint().stream_sequence, 200);
+    log.rebuild().unwrap();
+    assert_eq!(tree_nodes(&log), nodes);
+    let again: Vec<MkHash> = (0..=n).map(|s| log.root(s).unwrap()).collect();
+    assert_eq!(again, roots);
+    log.verify().unwrap();
+    log.append_group(&more[200..]).unwrap();
+    assert_eq!(
+        log.root(log.tree_size()).unwrap(),
+        naive_mth(&leaves_of(&log))
+    );
+    log.verify().unwrap();
+}
+
+#[test]
+fn out_of_range_tree_arguments_are_errors_not_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = Log::open(dir.path(), Policy::default()).unwrap();
+    assert_eq!(empty.tree_size(), 0);
+    assert_eq!(empty.root(0).unwrap(), mk::empty_root());
+    let out = |r: Result<Vec<MkHash>>| matches!(r, Err(Error::OutOfRange { .. }));
+    assert!(matches!(empty.root(1), Err(Error::OutOfRange { .. })));
+    assert!(out(empty.inclusion_proof(0, 0)));
+    assert!(out(empty.consistency_proof(0, 0)));
+    assert!(out(empty.consistency_proof(1, 1)));
+    let e = empty.root(1).unwrap_err().to_string();
+    assert!(e.contains("empty"), "{e}");
+
+    let (_d, log) = small_log();
+    let n = log.tree_size();
+    assert!(matches!(log.root(n + 1), Err(Error::OutOfRange { .. })));
+    assert!(matches!(log.root(u64::MAX), Err(Error::OutOfRange { .. })));
+    for (index, size) in [
+        (0, 0),
+        (n, n),
+        (0, n + 1),
+        (u64::MAX, n),
+        (u64::MAX, u64::MAX),
+    ] {
+        assert!(out(log.inclusion_proof(index, size)), "{index} of {size}");
+    }
+    for (old, new) in [(0, n), (0, 0), (n, n - 1), (1, n + 1), (u64::MAX, u64::MAX)] {
+        assert!(out(log.consistency_proof(old, new)), "{old} -> {new}");
+    }
+    let e = log.inclusion_proof(0, n + 1).unwrap_err().to_string();
+    assert!(
+        e.contains(&format!("tree size {}", n + 1)) && e.contains(&format!("1 to {n}")),
+        "{e}"
+    );
 }
