@@ -835,3 +835,218 @@ async fn the_secretariat_auditors_and_agencies_each_see_what_they_may() {
     );
     drop(node);
 }
+
+/// Publishes a simulated workload and waits until `node` has applied it.
+async fn publish_city(nats: &Nats, node: &Node, seed: u64, cases: usize, prefix: &str) {
+    let js = nats.jetstream().await;
+    let workload = lianxi_sim::generate(&lianxi_sim::Workload {
+        seed,
+        cases,
+        prefix: prefix.into(),
+        ..lianxi_sim::Workload::default()
+    });
+    let mut acks = Vec::new();
+    for (event, _) in &workload {
+        acks.push(
+            js.publish(subject(event), event.encode_to_vec().into())
+                .await
+                .expect("publish"),
+        );
+    }
+    let mut last = 0;
+    for ack in acks {
+        last = ack.await.expect("stored").sequence;
+    }
+    let mut client = node.client().await;
+    case_after(&mut client, &workload[0].0.case_id, last).await;
+}
+
+async fn audit(node: &Node) -> pb::audit_client::AuditClient<tonic::transport::Channel> {
+    pb::audit_client::AuditClient::connect(format!("http://{}", node.grpc_addr))
+        .await
+        .expect("connect to the node")
+}
+
+#[tokio::test]
+async fn an_auditor_verifies_a_node_with_only_its_key_and_again_after_it_grew() {
+    let nats = Nats::start();
+    let data = tempfile::tempdir().unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let key_file = keys.path().join("node.key");
+    let (ok, vkey, err) = lianxi(
+        &[
+            "keygen",
+            "--origin",
+            "e2e.test/log",
+            "--out",
+            key_file.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(ok, "{err}");
+    let vkey = vkey.trim().to_owned();
+    assert!(vkey.starts_with("e2e.test/log+"), "{vkey}");
+    let node = Node::start_with_env(
+        &nats.url(),
+        data.path(),
+        &[
+            ("LIANXI_SIGNING_KEY", key_file.to_str().unwrap()),
+            ("LIANXI_LOG_ORIGIN", "e2e.test/log"),
+        ],
+    );
+    publish_city(&nats, &node, 31, 30, "AUDIT").await;
+    let state = keys.path().join("state.json");
+    let verify = |event: &str| {
+        lianxi(
+            &[
+                "verify",
+                "--node",
+                &node.grpc_addr,
+                "--key",
+                &vkey,
+                "--state",
+                state.to_str().unwrap(),
+                "--event",
+                event,
+            ],
+            &[],
+        )
+    };
+    let (ok, out, err) = verify("5");
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains("ok: entry 5 "), "{out}");
+    assert!(out.contains("no earlier checkpoint"), "{out}");
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    let first_size = saved["tree_size"].as_u64().unwrap();
+    assert!(first_size > 50, "{saved}");
+
+    publish_city(&nats, &node, 32, 20, "AUDITMORE").await;
+    let (ok, out, err) = verify(&(first_size + 3).to_string());
+    assert!(ok, "{out}\n{err}");
+    assert!(
+        out.contains(&format!(
+            "consistent with the checkpoint of tree size {first_size}"
+        )),
+        "{out}"
+    );
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    let second_size = saved["tree_size"].as_u64().unwrap();
+    assert!(second_size > first_size);
+
+    // Every checkpoint the node issued is kept and verifies with its key;
+    // another key does not verify them.
+    let mut client = audit(&node).await;
+    let head = client
+        .get_checkpoint(pb::GetCheckpointRequest { fresh: false })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(head.verifier_key, vkey);
+    assert_eq!(head.tree_size, second_size);
+    let list = client
+        .list_checkpoints(pb::ListCheckpointsRequest {
+            after_number: 0,
+            page_size: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let sizes: Vec<u64> = list.checkpoints.iter().map(|c| c.tree_size).collect();
+    assert!(
+        sizes.contains(&first_size) && sizes.contains(&second_size),
+        "{sizes:?}"
+    );
+    let other = lianxi_log::CheckpointSigner::new(
+        &lianxi_log::generate_signing_key("e2e.test/log").unwrap(),
+    )
+    .unwrap();
+    for c in &list.checkpoints {
+        let opened = lianxi_log::open_checkpoint(&c.note, &vkey).unwrap();
+        assert_eq!(opened.size, c.tree_size);
+        assert_eq!(opened.root.to_vec(), c.root_hash);
+        assert!(lianxi_log::open_checkpoint(&c.note, other.verifier_key()).is_err());
+    }
+    // A wrong key fails the whole verification at the first step.
+    let (ok, _, err) = lianxi(
+        &[
+            "verify",
+            "--node",
+            &node.grpc_addr,
+            "--key",
+            other.verifier_key(),
+            "--state",
+            keys.path().join("other.json").to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(!ok);
+    assert!(err.contains("checkpoint check FAILED"), "{err}");
+}
+
+#[tokio::test]
+async fn two_nodes_reading_one_stream_hold_the_same_root_and_compare_equal() {
+    let nats = Nats::start();
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Node::start(&nats.url(), a_dir.path());
+    let b = Node::start(&nats.url(), b_dir.path());
+    publish_city(&nats, &a, 41, 30, "TWIN").await;
+    // b has read the same stream by the time its tree is as large as a's.
+    let (mut ca, mut cb) = (audit(&a).await, audit(&b).await);
+    let head = |n| pb::GetTreeHeadRequest { tree_size: n };
+    let size_a = ca
+        .get_tree_head(head(0))
+        .await
+        .unwrap()
+        .into_inner()
+        .tree_size;
+    let started = std::time::Instant::now();
+    while cb
+        .get_tree_head(head(0))
+        .await
+        .unwrap()
+        .into_inner()
+        .tree_size
+        < size_a
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "node b fell behind"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ra = ca.get_tree_head(head(size_a)).await.unwrap().into_inner();
+    let rb = cb.get_tree_head(head(size_a)).await.unwrap().into_inner();
+    assert_eq!(ra, rb);
+    assert_eq!(ra.root_hash.len(), 32);
+
+    let (ok, out, err) = lianxi(
+        &["verify", "--node", &a.grpc_addr, "--compare", &b.grpc_addr],
+        &[],
+    );
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains(&hex::encode(&ra.root_hash)), "{out}");
+
+    // Each node made its own signing key (0600) and signs with it: same
+    // root, different signatures.
+    for dir in [a_dir.path(), b_dir.path()] {
+        let meta = std::fs::metadata(dir.join("signing.key")).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        }
+        let _ = meta;
+    }
+    let fresh = pb::GetCheckpointRequest { fresh: true };
+    let ka = ca.get_checkpoint(fresh).await.unwrap().into_inner();
+    let kb = cb.get_checkpoint(fresh).await.unwrap().into_inner();
+    assert_ne!(ka.verifier_key, kb.verifier_key);
+    if ka.tree_size == kb.tree_size {
+        assert_eq!(ka.root_hash, kb.root_hash);
+        assert_ne!(ka.note, kb.note);
+    }
+    assert!(lianxi_log::open_checkpoint(&ka.note, &ka.verifier_key).is_ok());
+    assert!(lianxi_log::open_checkpoint(&ka.note, &kb.verifier_key).is_err());
+}

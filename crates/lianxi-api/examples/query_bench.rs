@@ -10,9 +10,10 @@
 //! 2. `lianxi.v1.Cases` and `lianxi.v1.Audit` served in-process over TCP on
 //!    127.0.0.1 (development principals: no tokens, every read still
 //!    recorded in the access log before it is answered).
-//! 3. Raw parts, single-threaded: `Log::case_view` (sled get + prost decode),
-//!    `AccessLog::append` (one batch + flush: what every read adds) and
-//!    `Log::case_as_of` on the long case.
+//! 3. Raw parts on plain threads, no gRPC: `Log::case_view` (sled get +
+//!    prost decode), `AccessLog::append` (one batch + flush: what every read
+//!    adds) on 1 and on 8 threads, `Log::views_after` (the scan behind one
+//!    ListCases page) and `Log::case_as_of` on the long case.
 //! 4. GetCase on random cases and ListCases (domestic violence, pages of
 //!    100 from random start tokens) with 1, 8 and 64 concurrent clients,
 //!    each with its own connection, calling back to back for SECONDS;
@@ -378,6 +379,8 @@ async fn main() {
         let id = &ids[rng.below(ids.len())];
         access.append(access_record(id)).unwrap();
     });
+    // ListCases start tokens: a domestic-violence case with at least 100
+    // more after it, so every page is full.
     let tokens = &dv[..dv.len() - PAGE as usize];
     let scan = raw(1, secs, |rng| {
         let token = &tokens[rng.below(tokens.len())];
@@ -457,8 +460,6 @@ async fn main() {
         row(&format!("{n}"), &r, append_rate);
     }
 
-    // Start tokens: a domestic-violence case with at least 100 more after
-    // it, so every page is full.
     let tokens = std::sync::Arc::new(tokens.to_vec());
     println!(
         "\nListCases, domestic violence, pages of {PAGE} from random start tokens (the server decodes views 1,000 at a time):"

@@ -5,13 +5,15 @@ use lianxi_log::Log;
 use lianxi_proto::v1::audit_server::{Audit, AuditServer};
 use lianxi_proto::v1::get_case_as_of_request::At;
 use lianxi_proto::v1::{
-    ConsistencyProof, GetCaseAsOfRequest, GetCaseAsOfResponse, GetConsistencyProofRequest,
-    GetInclusionProofRequest, GetTreeHeadRequest, InclusionProof, ListAccessRequest,
-    ListAccessResponse, LogEntry, ReadLogRequest, TreeHead,
+    ConsistencyProof, GetCaseAsOfRequest, GetCaseAsOfResponse, GetCheckpointRequest,
+    GetConsistencyProofRequest, GetInclusionProofRequest, GetTreeHeadRequest, InclusionProof,
+    ListAccessRequest, ListAccessResponse, ListCheckpointsRequest, ListCheckpointsResponse,
+    LogEntry, ReadLogRequest, SignedCheckpoint, TreeHead,
 };
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
+use crate::checkpoints::{Checkpointer, IssueError};
 use crate::gate::{Gate, Service};
 use crate::{check_case_id, not_found, page_size, status};
 
@@ -20,11 +22,24 @@ use crate::{check_case_id, not_found, page_size, status};
 pub struct AuditApi {
     log: Log,
     gate: Gate,
+    /// The node's checkpoint signer; without one, `GetCheckpoint` says the
+    /// node signs no checkpoints.
+    checkpoints: Option<Checkpointer>,
 }
 
 impl AuditApi {
     pub fn new(log: Log, gate: Gate) -> Self {
-        AuditApi { log, gate }
+        AuditApi {
+            log,
+            gate,
+            checkpoints: None,
+        }
+    }
+
+    /// Serves signed checkpoints issued by `checkpoints`.
+    pub fn with_checkpointer(mut self, checkpoints: Checkpointer) -> Self {
+        self.checkpoints = Some(checkpoints);
+        self
     }
 
     pub fn into_server(self) -> AuditServer<AuditApi> {
@@ -336,6 +351,114 @@ impl Audit for AuditApi {
             new_size: new,
             hashes: proof.iter().map(|h| h.to_vec()).collect(),
         }))
+    }
+
+    #[tracing::instrument(skip_all, fields(fresh = request.get_ref().fresh))]
+    async fn get_checkpoint(
+        &self,
+        request: Request<GetCheckpointRequest>,
+    ) -> Result<Response<SignedCheckpoint>, Status> {
+        const METHOD: &str = "/lianxi.v1.Audit/GetCheckpoint";
+        let principal = self
+            .gate
+            .admit(request.metadata(), METHOD, Service::Audit)
+            .await?;
+        let fresh = request.get_ref().fresh;
+        let checkpoints = self.checkpointer()?;
+        self.gate
+            .record(
+                &principal,
+                request.metadata(),
+                METHOD,
+                "",
+                if fresh {
+                    "a checkpoint signed now".to_owned()
+                } else {
+                    "the latest checkpoint".to_owned()
+                },
+            )
+            .await?;
+        let c = checkpoints.current(fresh).await.map_err(issue_status)?;
+        Ok(Response::new(signed(checkpoints, c)))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_checkpoints(
+        &self,
+        request: Request<ListCheckpointsRequest>,
+    ) -> Result<Response<ListCheckpointsResponse>, Status> {
+        const METHOD: &str = "/lianxi.v1.Audit/ListCheckpoints";
+        let principal = self
+            .gate
+            .admit(request.metadata(), METHOD, Service::Audit)
+            .await?;
+        let req = *request.get_ref();
+        let size = page_size(req.page_size)?;
+        let checkpoints = self.checkpointer()?;
+        self.gate
+            .record(
+                &principal,
+                request.metadata(),
+                METHOD,
+                "",
+                format!("signed checkpoints after number {}", req.after_number),
+            )
+            .await?;
+        let log = self.log.clone();
+        let after = req.after_number;
+        // One more than the page, to know whether there is a next one.
+        let mut page = tokio::task::spawn_blocking(move || log.checkpoints(after, size + 1))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(status)?;
+        let more = page.len() > size;
+        page.truncate(size);
+        let next = if more {
+            page.last().map_or(0, |c| c.number)
+        } else {
+            0
+        };
+        Ok(Response::new(ListCheckpointsResponse {
+            checkpoints: page.into_iter().map(|c| signed(checkpoints, c)).collect(),
+            next_after_number: next,
+        }))
+    }
+}
+
+impl AuditApi {
+    fn checkpointer(&self) -> Result<&Checkpointer, Status> {
+        self.checkpoints.as_ref().ok_or_else(|| {
+            Status::failed_precondition(
+                "this node signs no checkpoints (it was started without a signing key)",
+            )
+        })
+    }
+}
+
+/// A stored checkpoint as the API sends it. The size and root are read back
+/// from the note the node signed itself.
+fn signed(checkpoints: &Checkpointer, c: lianxi_log::StoredCheckpoint) -> SignedCheckpoint {
+    let root = lianxi_log::parse_checkpoint(&c.note)
+        .map(|p| p.root.to_vec())
+        .unwrap_or_default();
+    SignedCheckpoint {
+        note: c.note,
+        tree_size: c.size,
+        root_hash: root,
+        verifier_key: checkpoints.verifier_key().to_owned(),
+        number: c.number,
+    }
+}
+
+fn issue_status(e: IssueError) -> Status {
+    match e {
+        IssueError::Log(e) => status(e),
+        e => {
+            tracing::error!(error = %e, "cannot sign a checkpoint");
+            Status::internal(
+                "the node could not sign a checkpoint; the operator should check the node's log output",
+            )
+        }
     }
 }
 

@@ -15,6 +15,7 @@
 mod audit;
 mod auth;
 mod cases;
+mod checkpoints;
 mod gate;
 mod intake;
 mod watch;
@@ -25,6 +26,7 @@ pub use auth::{
     Principals, Role, Service, may_call, may_read_case, purpose,
 };
 pub use cases::CasesApi;
+pub use checkpoints::{Checkpointer, IssueError};
 pub use gate::Gate;
 pub use intake::IntakeApi;
 

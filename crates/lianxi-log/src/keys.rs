@@ -57,6 +57,12 @@ pub(crate) fn parse_tree_node(key: &[u8]) -> Option<(u8, u64)> {
     }
 }
 
+/// `Q` + issue number (from 1) -> a signed checkpoint the node issued: the
+/// tree size (8 bytes, big-endian) then the signed note's text. Kept in the
+/// node-local tree `checkpoints.v1`, not in the deterministic log: every
+/// node signs with its own key.
+pub(crate) const SIGNED_CHECKPOINT: u8 = b'Q';
+
 /// `S` + stream sequence -> global sequence of the entry it became.
 pub(crate) const BY_STREAM: u8 = b'S';
 /// `X` + event id -> stream sequence of the latest rejection of that id.

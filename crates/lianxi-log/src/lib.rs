@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 mod access;
+mod checkpoint;
 mod error;
 mod keys;
 mod log;
@@ -22,10 +23,14 @@ mod merkle;
 mod receipts;
 
 pub use access::{AccessLog, access_hash};
+pub use checkpoint::{
+    CheckpointError, CheckpointSigner, SignedCheckpoint, checkpoint_body, generate_signing_key,
+    open_checkpoint, parse_checkpoint,
+};
 pub use error::{Error, Location, Result};
 pub use log::{
-    EventOutcome, GroupReport, Incoming, Log, MAX_EVENT_BYTES, RebuildReport, VerifyReport,
-    entry_hash,
+    EventOutcome, GroupReport, Incoming, Log, MAX_EVENT_BYTES, RebuildReport, StoredCheckpoint,
+    Tamper, VerifyReport, entry_hash,
 };
 pub use merkle::{Hash, empty_root, leaf_hash, node_hash, verify_consistency, verify_inclusion};
 pub use receipts::rejected as rejection_receipt;

@@ -127,6 +127,22 @@ struct Inner {
     published: Mutex<Checkpoint>,
     /// The node-local access log, in its own tree of the same database.
     access: AccessLog,
+    /// The node-local signed checkpoints (`Q` + issue number), in their own
+    /// tree: not part of the deterministic log.
+    checkpoints: sled::Tree,
+    /// Serialises the numbering of stored checkpoints.
+    issuing: Mutex<()>,
+}
+
+/// A signed checkpoint as the node stored it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredCheckpoint {
+    /// The issue number, from 1, in the order the node issued them.
+    pub number: u64,
+    /// The tree size the checkpoint commits to.
+    pub size: u64,
+    /// The signed note's text.
+    pub note: String,
 }
 
 /// Computes an entry's hash: SHA-256 over the domain tag and the entry
@@ -158,9 +174,12 @@ impl Log {
             },
         };
         let access = AccessLog::open(&db)?;
+        let checkpoints = db.open_tree("checkpoints.v1")?;
         Ok(Log {
             inner: Arc::new(Inner {
                 access,
+                checkpoints,
+                issuing: Mutex::new(()),
                 db,
                 tree,
                 policy,
@@ -752,6 +771,205 @@ impl Log {
     #[cfg(test)]
     pub(crate) fn tree(&self) -> &sled::Tree {
         &self.inner.tree
+    }
+
+    /// Keeps a signed checkpoint the node issued, of the tree of `size`
+    /// entries, as the next issue number, and flushes. Every checkpoint is
+    /// kept; a note identical to the latest one is not stored twice (ed25519
+    /// signatures are deterministic, so re-signing the same tree gives the
+    /// same note). Returns what is stored.
+    pub fn store_checkpoint(&self, note: &str, size: u64) -> Result<StoredCheckpoint> {
+        let _issuing = self
+            .inner
+            .issuing
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let latest = self.latest_checkpoint()?;
+        if let Some(latest) = latest.as_ref().filter(|l| l.size == size && l.note == note) {
+            return Ok(latest.clone());
+        }
+        let number = latest.map_or(1, |l| l.number.saturating_add(1));
+        let mut value = Vec::with_capacity(8 + note.len());
+        value.extend_from_slice(&size.to_be_bytes());
+        value.extend_from_slice(note.as_bytes());
+        self.inner
+            .checkpoints
+            .insert(keys::seq(keys::SIGNED_CHECKPOINT, number), value)?;
+        self.inner.checkpoints.flush()?;
+        Ok(StoredCheckpoint {
+            number,
+            size,
+            note: note.to_owned(),
+        })
+    }
+
+    /// Stored checkpoints with an issue number above `after`, at most
+    /// `limit`, oldest first.
+    pub fn checkpoints(&self, after: u64, limit: usize) -> Result<Vec<StoredCheckpoint>> {
+        let start = keys::seq(keys::SIGNED_CHECKPOINT, after.saturating_add(1));
+        let mut out = Vec::new();
+        for item in self.inner.checkpoints.range(start..) {
+            let (k, v) = item?;
+            if k.first() != Some(&keys::SIGNED_CHECKPOINT) || out.len() >= limit {
+                break;
+            }
+            out.push(decode_stored_checkpoint(&k, &v)?);
+        }
+        Ok(out)
+    }
+
+    /// The last checkpoint the node issued, if any.
+    pub fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>> {
+        match self
+            .inner
+            .checkpoints
+            .scan_prefix([keys::SIGNED_CHECKPOINT])
+            .next_back()
+        {
+            Some(item) => {
+                let (k, v) = item?;
+                Ok(Some(decode_stored_checkpoint(&k, &v)?))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Hooks that damage the stored log on purpose, for the tamper tests
+    /// (tests/tamper.rs) only: the node never calls them. They stand for an
+    /// operator or intruder editing the sled files of a stopped node.
+    #[doc(hidden)]
+    pub fn tamper(&self) -> Tamper<'_> {
+        Tamper { log: self }
+    }
+}
+
+fn decode_stored_checkpoint(k: &[u8], v: &[u8]) -> Result<StoredCheckpoint> {
+    let number = keys::be_u64(k.get(1..).unwrap_or_default()).unwrap_or_default();
+    let corrupt = |detail: &str| Error::Corruption {
+        at: Location::Key(hex::encode(k)),
+        detail: format!("stored signed checkpoint {number}: {detail}"),
+    };
+    let size = keys::be_u64(v.get(..8).unwrap_or_default())
+        .ok_or_else(|| corrupt("shorter than its size"))?;
+    let note = std::str::from_utf8(v.get(8..).unwrap_or_default())
+        .map_err(|_| corrupt("the note is not UTF-8"))?
+        .to_owned();
+    Ok(StoredCheckpoint { number, size, note })
+}
+
+/// Deliberate damage to a stopped node's storage, for the tamper tests only
+/// (see [`Log::tamper`]). Not part of the node's API.
+#[doc(hidden)]
+pub struct Tamper<'a> {
+    log: &'a Log,
+}
+
+impl Tamper<'_> {
+    fn tree(&self) -> &sled::Tree {
+        &self.log.inner.tree
+    }
+
+    /// Flips the lowest bit of the last byte of the stored entry's subject,
+    /// so the entry still decodes but no longer matches its hash. False if
+    /// there is no such entry.
+    pub fn flip_byte(&self, global_sequence: u64) -> Result<bool> {
+        let key = keys::seq(keys::ENTRY, global_sequence);
+        let Some(value) = self.tree().get(key)? else {
+            return Ok(false);
+        };
+        let entry = decode_entry(&key, &value)?;
+        let mut bytes = value.to_vec();
+        let subject = entry.subject.as_bytes();
+        let Some(at) = bytes
+            .windows(subject.len().max(1))
+            .position(|w| w == subject)
+            .map(|p| p + subject.len().saturating_sub(1))
+        else {
+            return Ok(false);
+        };
+        if let Some(b) = bytes.get_mut(at) {
+            *b ^= 1;
+        }
+        self.tree().insert(key, bytes)?;
+        self.tree().flush()?;
+        Ok(true)
+    }
+
+    /// Removes one stored entry.
+    pub fn drop_entry(&self, global_sequence: u64) -> Result<bool> {
+        let removed = self
+            .tree()
+            .remove(keys::seq(keys::ENTRY, global_sequence))?;
+        self.tree().flush()?;
+        Ok(removed.is_some())
+    }
+
+    /// Swaps the stored values of two entries.
+    pub fn swap_entries(&self, a: u64, b: u64) -> Result<bool> {
+        let (ka, kb) = (keys::seq(keys::ENTRY, a), keys::seq(keys::ENTRY, b));
+        let (Some(va), Some(vb)) = (self.tree().get(ka)?, self.tree().get(kb)?) else {
+            return Ok(false);
+        };
+        self.tree().insert(ka, vb)?;
+        self.tree().insert(kb, va)?;
+        self.tree().flush()?;
+        Ok(true)
+    }
+
+    /// Cuts the log back to its first `keep` entries and rewinds everything
+    /// that would give it away: the stored Merkle nodes covering later
+    /// leaves, the checkpoint's global sequence and last hash (the stream
+    /// position is kept, so the node does not read the cut events again),
+    /// and every signed checkpoint of a larger tree. The hash chain of what
+    /// is left is intact.
+    pub fn truncate(&self, keep: u64) -> Result<u64> {
+        let tree = self.tree();
+        let mut batch = sled::Batch::default();
+        let mut removed = 0u64;
+        for item in tree.range(keys::seq(keys::ENTRY, keep.saturating_add(1))..) {
+            let (k, _) = item?;
+            if k.first() != Some(&keys::ENTRY) {
+                break;
+            }
+            batch.remove(k);
+            removed += 1;
+        }
+        for item in tree.scan_prefix([keys::TREE]) {
+            let (k, _) = item?;
+            if let Some((level, index)) = keys::parse_tree_node(&k) {
+                let end = index
+                    .checked_add(1)
+                    .and_then(|i| i.checked_mul(1u64.checked_shl(level.into())?));
+                if end.is_none_or(|end| end > keep) {
+                    batch.remove(k);
+                }
+            }
+        }
+        let mut cp = self.log.checkpoint();
+        cp.global_sequence = keep;
+        cp.last_hash = match read_entry(tree, keep)? {
+            Some(e) => e.hash,
+            None => vec![0; 32],
+        };
+        batch.insert(keys::CHECKPOINT, cp.encode_to_vec());
+        tree.apply_batch(batch)?;
+        tree.flush()?;
+        *self.log.writer() = cp.clone();
+        *self
+            .log
+            .inner
+            .published
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = cp;
+        let checkpoints = &self.log.inner.checkpoints;
+        for item in checkpoints.scan_prefix([keys::SIGNED_CHECKPOINT]) {
+            let (k, v) = item?;
+            if decode_stored_checkpoint(&k, &v)?.size > keep {
+                checkpoints.remove(k)?;
+            }
+        }
+        checkpoints.flush()?;
+        Ok(removed)
     }
 }
 

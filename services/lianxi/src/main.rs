@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 mod offline;
+mod proof;
 mod publish;
 mod query;
 mod render;
@@ -72,6 +73,18 @@ enum Command {
         /// development mode and must listen on a loopback address.
         #[arg(long, env = "LIANXI_PRINCIPALS")]
         principals: Option<PathBuf>,
+        #[command(flatten)]
+        signing: SigningArgs,
+    },
+    /// Make a checkpoint signing key for a node and print its verifier key
+    /// (give that to auditors for `lianxi verify --node ... --key ...`).
+    Keygen {
+        /// The log's origin: the checkpoints' first line and the key's name.
+        #[arg(long, default_value = DEFAULT_ORIGIN)]
+        origin: String,
+        /// Where to write the signing key (never overwritten; mode 0600).
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Publish events, one canonical protobuf JSON object per line, each on
     /// its agency's subject.
@@ -251,11 +264,59 @@ enum Command {
         #[command(flatten)]
         data: DataArgs,
     },
-    /// Check the hash chain and indexes of the log (the node must be stopped).
+    /// Check a log. With --node: a running node, trusting nothing but its
+    /// verifier key (signed checkpoint, every hash and the chain, the Merkle
+    /// root, consistency with the last checkpoint seen, one event's
+    /// inclusion). Without: a stopped node's data directory (hash chain,
+    /// indexes, Merkle tree, access log).
     Verify {
         #[command(flatten)]
         data: DataArgs,
+        /// Address of a running node to verify over gRPC.
+        #[arg(long)]
+        node: Option<String>,
+        /// The node's verifier key (as `lianxi keygen` or `lianxi serve`
+        /// prints it): the only thing trusted.
+        #[arg(long, requires = "node")]
+        key: Option<String>,
+        /// Where the last checkpoint seen is kept (default
+        /// ~/.lianxi/verify-state-<origin>.json).
+        #[arg(long, requires = "node")]
+        state: Option<PathBuf>,
+        /// Also prove that the entry with this global sequence is in the log.
+        #[arg(long, requires = "node")]
+        event: Option<u64>,
+        /// Instead, check that this second node holds the same root as
+        /// --node at the same size.
+        #[arg(long, requires = "node")]
+        compare: Option<String>,
+        /// Your bearer token (an auditor's).
+        #[arg(long, env = "LIANXI_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Why you are looking: recorded in the node's access log.
+        #[arg(long, env = "LIANXI_PURPOSE")]
+        purpose: Option<String>,
     },
+}
+
+/// The default log origin (the checkpoints' first line and the key name).
+const DEFAULT_ORIGIN: &str = "lianxi.local/log";
+
+#[derive(Debug, clap::Args, Clone)]
+struct SigningArgs {
+    /// The checkpoint signing key (from `lianxi keygen`). Without it the node
+    /// creates `signing.key` in its data directory on first start and reuses
+    /// it.
+    #[arg(long, env = "LIANXI_SIGNING_KEY")]
+    signing_key: Option<PathBuf>,
+    /// The log's origin: the first line of every checkpoint and the signing
+    /// key's name.
+    #[arg(long, env = "LIANXI_LOG_ORIGIN", default_value = DEFAULT_ORIGIN)]
+    log_origin: String,
+    /// Seconds between signed checkpoints (one is signed only when the log
+    /// has grown).
+    #[arg(long, env = "LIANXI_CHECKPOINT_INTERVAL_SECS", default_value_t = 60)]
+    checkpoint_interval_secs: u64,
 }
 
 pub(crate) fn parse_agency(token: &str) -> Result<Agency, String> {
@@ -300,8 +361,14 @@ fn main() -> std::process::ExitCode {
                 stream_replicas,
                 receipts_window_secs,
                 principals,
+                signing,
             } => {
                 serve::run(serve::ServeConfig {
+                    signing_key: signing.signing_key,
+                    log_origin: signing.log_origin,
+                    checkpoint_interval: std::time::Duration::from_secs(
+                        signing.checkpoint_interval_secs.max(1),
+                    ),
                     nats_url: nats.nats_url,
                     data_dir: data.data_dir,
                     policy: data.policy,
@@ -409,7 +476,32 @@ fn main() -> std::process::ExitCode {
                 .await
             }
             Command::Rebuild { data } => offline::rebuild(&data.data_dir, data.policy.as_deref()),
-            Command::Verify { data } => offline::verify(&data.data_dir, data.policy.as_deref()),
+            Command::Keygen { origin, out } => proof::keygen(&origin, &out),
+            Command::Verify {
+                node: Some(node),
+                key,
+                state,
+                event,
+                compare,
+                token,
+                purpose,
+                ..
+            } => {
+                let conn = query::Conn::new(node.clone(), token.clone(), purpose.clone());
+                match (compare, key) {
+                    (Some(other), _) => {
+                        let second = query::Conn::new(other.clone(), token, purpose);
+                        proof::compare(&conn, &second, &node, &other).await
+                    }
+                    (None, Some(key)) => {
+                        proof::verify_node(&conn, &key, state.as_deref(), event).await
+                    }
+                    (None, None) => Err(anyhow::anyhow!(
+                        "pass --key with the node's verifier key (or --compare ADDR)"
+                    )),
+                }
+            }
+            Command::Verify { data, .. } => offline::verify(&data.data_dir, data.policy.as_deref()),
         }
     });
     match result {

@@ -58,9 +58,23 @@ impl Interceptor for Credentials {
     }
 }
 
-type Svc = InterceptedService<Channel, Credentials>;
+pub(crate) type Svc = InterceptedService<Channel, Credentials>;
 
 impl Conn {
+    /// A connection to `grpc_addr` with an optional token and purpose.
+    pub(crate) fn new(grpc_addr: String, token: Option<String>, purpose: Option<String>) -> Conn {
+        Conn {
+            grpc_addr,
+            token,
+            purpose,
+        }
+    }
+
+    /// An Audit client with the token and purpose on every call.
+    pub(crate) async fn audit(&self) -> Result<AuditClient<Svc>> {
+        Ok(AuditClient::new(self.channel().await?))
+    }
+
     async fn channel(&self) -> Result<Svc> {
         let url = if self.grpc_addr.contains("://") {
             self.grpc_addr.clone()
@@ -107,7 +121,7 @@ impl Conn {
 }
 
 /// A gRPC refusal as a message for a person.
-fn explain(s: tonic::Status) -> anyhow::Error {
+pub(crate) fn explain(s: tonic::Status) -> anyhow::Error {
     match s.code() {
         Code::Unauthenticated => anyhow!("{} (pass --token or set LIANXI_TOKEN)", s.message()),
         _ => anyhow!("{}", s.message()),

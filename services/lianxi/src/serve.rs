@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use lianxi_api::{AuditApi, CasesApi, Gate, IntakeApi, Principals};
+use lianxi_api::{AuditApi, CasesApi, Checkpointer, Gate, IntakeApi, Principals};
 use lianxi_ingest::IngestConfig;
-use lianxi_log::Log;
+use lianxi_log::{CheckpointSigner, Log};
 use tokio::sync::watch;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
@@ -29,6 +29,48 @@ pub(crate) struct ServeConfig {
     pub(crate) stream_replicas: usize,
     pub(crate) receipts_window_secs: u64,
     pub(crate) principals: Option<PathBuf>,
+    pub(crate) signing_key: Option<PathBuf>,
+    pub(crate) log_origin: String,
+    pub(crate) checkpoint_interval: Duration,
+}
+
+/// The checkpoint signer: the given key file, or `signing.key` in the data
+/// directory (created on first start, mode 0600). Its name must be the
+/// log's origin.
+fn load_signer(
+    path: Option<&std::path::Path>,
+    data_dir: &std::path::Path,
+    origin: &str,
+) -> Result<CheckpointSigner> {
+    let (path, text) = match path {
+        Some(p) => (
+            p.to_owned(),
+            std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read the signing key {}", p.display()))?,
+        ),
+        None => {
+            let p = data_dir.join("signing.key");
+            if !p.exists() {
+                let skey = lianxi_log::generate_signing_key(origin)
+                    .context("cannot make a signing key; check --log-origin")?;
+                crate::proof::write_secret(&p, &format!("{skey}\n"))?;
+                tracing::info!(path = %p.display(), "created a checkpoint signing key");
+            }
+            let text = std::fs::read_to_string(&p)
+                .with_context(|| format!("cannot read the signing key {}", p.display()))?;
+            (p, text)
+        }
+    };
+    let signer = CheckpointSigner::new(&text)
+        .with_context(|| format!("the signing key {} is invalid", path.display()))?;
+    if signer.origin() != origin {
+        anyhow::bail!(
+            "the signing key {} is for the log {:?}, but --log-origin is {origin:?}; pass the matching --log-origin or another --signing-key",
+            path.display(),
+            signer.origin()
+        );
+    }
+    Ok(signer)
 }
 
 /// The principals file, or development mode (every caller sees everything,
@@ -70,6 +112,17 @@ pub(crate) async fn run(config: ServeConfig) -> Result<()> {
     })?;
     let log = Log::open(&config.data_dir, policy)
         .with_context(|| format!("cannot open the log in {}", config.data_dir.display()))?;
+    let signer = load_signer(
+        config.signing_key.as_deref(),
+        &config.data_dir,
+        &config.log_origin,
+    )?;
+    tracing::info!(
+        origin = signer.origin(),
+        verifier_key = signer.verifier_key(),
+        "signing checkpoints; give auditors this verifier key"
+    );
+    let checkpointer = Checkpointer::new(log.clone(), signer);
     let cp = log.checkpoint();
     tracing::info!(
         data_dir = %config.data_dir.display(),
@@ -168,7 +221,11 @@ pub(crate) async fn run(config: ServeConfig) -> Result<()> {
         .add_service(health_service)
         .add_service(reflection)
         .add_service(CasesApi::new(log.clone(), gate.clone(), applied_rx).into_server())
-        .add_service(AuditApi::new(log.clone(), gate.clone()).into_server())
+        .add_service(
+            AuditApi::new(log.clone(), gate.clone())
+                .with_checkpointer(checkpointer.clone())
+                .into_server(),
+        )
         .add_service(IntakeApi::new(log.clone(), gate).into_server())
         .serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),
@@ -177,6 +234,7 @@ pub(crate) async fn run(config: ServeConfig) -> Result<()> {
             },
         );
     let server = tokio::spawn(server);
+    let signing = tokio::spawn(checkpointer.run(config.checkpoint_interval, shutdown_rx.clone()));
     tracing::info!(grpc = %local, nats = %shown_url, "lianxi node serving");
     println!("lianxi node serving gRPC on {local}, reading NATS at {shown_url}");
 
@@ -201,6 +259,7 @@ pub(crate) async fn run(config: ServeConfig) -> Result<()> {
             Err(_) => tracing::warn!(task = name, "task did not stop within the grace period"),
         }
     }
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, signing).await;
     // Graceful shutdown waits for open client connections to go away; a
     // watching client may never leave, so in-flight calls get a grace period.
     let mut server = server;
