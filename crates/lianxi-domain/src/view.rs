@@ -100,6 +100,9 @@ fn oblige(
         fulfilled_by_event_id: String::new(),
         cancelled: false,
     });
+    // Owing the case something makes an agency involved again, even after
+    // it returned a referral: need to know follows the work.
+    ask(v, owner);
 }
 
 /// Marks an obligation met. A cancelled one (the case was closed and then

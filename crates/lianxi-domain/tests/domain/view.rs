@@ -917,3 +917,22 @@ fn an_agency_that_returned_its_referral_stays_returned_when_the_case_closes() {
     assert_eq!(state(WF), Some(InvolvementState::Done as i32));
     assert!(!lianxi_domain::is_involved(&v, POLICE));
 }
+
+#[test]
+fn an_agency_that_returned_a_referral_is_involved_again_when_it_owes_the_case_something() {
+    let v = given(vec![
+        opening(),
+        ev("e-r1", WF, T1, refer("r-1", COURT, false)),
+        ev("e-x", COURT, T1, ret("r-1")),
+        ev("e-r2", WF, T1, refer("r-2", POLICE, false)),
+        ev("e-a", POLICE, T2, accept("r-2")),
+    ])
+    .then_ok(ev("e-o", POLICE, T2, applied("pa-1", true)));
+    assert!(lianxi_domain::is_involved(&v, COURT), "{:?}", v.agencies);
+    let court = v
+        .agencies
+        .iter()
+        .find(|x| x.agency == COURT as i32)
+        .unwrap();
+    assert_eq!(court.state, InvolvementState::Received as i32);
+}
