@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status};
 
 use crate::checkpoints::{Checkpointer, IssueError};
 use crate::gate::{Gate, Service};
-use crate::{check_case_id, not_found, page_size, status};
+use crate::{blocking, check_case_id, not_found, on_log, page_size, status};
 
 /// The `Audit` service.
 #[derive(Clone)]
@@ -89,11 +89,7 @@ impl Audit for AuditApi {
         tokio::spawn(async move {
             let mut after = from - 1;
             while after < to {
-                let l = log.clone();
-                let chunk = tokio::task::spawn_blocking(move || l.entries(after, CHUNK))
-                    .await
-                    .map_err(|e| Status::internal(e.to_string()))
-                    .and_then(|r| r.map_err(status));
+                let chunk = on_log(&log, move |l| l.entries(after, CHUNK)).await;
                 let chunk = match chunk {
                     Ok(c) => c,
                     Err(s) => {
@@ -144,18 +140,15 @@ impl Audit for AuditApi {
         self.gate
             .record(&principal, request.metadata(), METHOD, &req.case_id, what)
             .await?;
-        let log = self.log.clone();
         let case_id = req.case_id.clone();
-        let found = tokio::task::spawn_blocking(move || match at {
+        let found = on_log(&self.log, move |log| match at {
             At::GlobalSequence(g) => log.case_as_of(&case_id, |e| e.global_sequence <= g),
             At::RecordedAt(t) => log.case_as_of(&case_id, |e| {
                 let r = e.recorded_at.unwrap_or_default();
                 (r.seconds, r.nanos) <= (t.seconds, t.nanos)
             }),
         })
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(status)?;
+        .await?;
         let (view, last, applied) = found.ok_or_else(|| not_found(&req.case_id))?;
         Ok(Response::new(GetCaseAsOfResponse {
             view: Some(view),
@@ -187,10 +180,7 @@ impl Audit for AuditApi {
             )
             .await?;
         let access = self.gate.access_log();
-        let (records, more) = tokio::task::spawn_blocking(move || access.list(&req, size))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(status)?;
+        let (records, more) = blocking(move || access.list(&req, size), status).await?;
         let next = if more {
             records.last().map_or(0, |r| r.sequence)
         } else {
@@ -229,10 +219,7 @@ impl Audit for AuditApi {
             )
             .await?;
         let log = self.log.clone();
-        let root = tokio::task::spawn_blocking(move || log.root(size))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(tree_status)?;
+        let root = blocking(move || log.root(size), tree_status).await?;
         Ok(Response::new(TreeHead {
             tree_size: size,
             root_hash: root.to_vec(),
@@ -268,14 +255,15 @@ impl Audit for AuditApi {
         // Read first (nothing leaves before the record below), so that the
         // record names the case the entry belongs to.
         let log = self.log.clone();
-        let (entry, proof) = tokio::task::spawn_blocking(move || {
-            let entry = log.entry(g)?;
-            let proof = log.inclusion_proof(g - 1, size)?;
-            Ok::<_, lianxi_log::Error>((entry, proof))
-        })
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(tree_status)?;
+        let (entry, proof) = blocking(
+            move || {
+                let entry = log.entry(g)?;
+                let proof = log.inclusion_proof(g - 1, size)?;
+                Ok::<_, lianxi_log::Error>((entry, proof))
+            },
+            tree_status,
+        )
+        .await?;
         let Some(entry) = entry else {
             tracing::error!(global_sequence = g, "entry below the checkpoint is missing");
             return Err(status(lianxi_log::Error::Corruption {
@@ -342,10 +330,7 @@ impl Audit for AuditApi {
             )
             .await?;
         let log = self.log.clone();
-        let proof = tokio::task::spawn_blocking(move || log.consistency_proof(old, new))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(tree_status)?;
+        let proof = blocking(move || log.consistency_proof(old, new), tree_status).await?;
         Ok(Response::new(ConsistencyProof {
             old_size: old,
             new_size: new,
@@ -404,13 +389,9 @@ impl Audit for AuditApi {
                 format!("signed checkpoints after number {}", req.after_number),
             )
             .await?;
-        let log = self.log.clone();
         let after = req.after_number;
         // One more than the page, to know whether there is a next one.
-        let mut page = tokio::task::spawn_blocking(move || log.checkpoints(after, size + 1))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(status)?;
+        let mut page = on_log(&self.log, move |log| log.checkpoints(after, size + 1)).await?;
         let more = page.len() > size;
         page.truncate(size);
         let next = if more {

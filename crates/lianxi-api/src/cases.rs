@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 
 use crate::gate::{Gate, Service};
 use crate::{
-    ChangeStream, check_case_id, not_found, page_size, status, timeline_entry, wall_clock,
+    ChangeStream, check_case_id, not_found, on_log, page_size, timeline_entry, wall_clock,
 };
 
 /// The `Cases` service over one node's log.
@@ -37,12 +37,9 @@ impl CasesApi {
     }
 
     async fn view(&self, case_id: &str) -> Result<CaseView, Status> {
-        let log = self.log.clone();
         let id = case_id.to_owned();
-        tokio::task::spawn_blocking(move || log.case_view(&id))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(status)?
+        on_log(&self.log, move |log| log.case_view(&id))
+            .await?
             .ok_or_else(|| not_found(case_id))
     }
 
@@ -55,8 +52,7 @@ impl CasesApi {
         limit: usize,
         keep: impl Fn(&CaseView) -> bool + Send + 'static,
     ) -> Result<(Vec<CaseView>, bool), Status> {
-        let log = self.log.clone();
-        tokio::task::spawn_blocking(move || {
+        on_log(&self.log, move |log| {
             let mut out = Vec::new();
             let mut after = after;
             loop {
@@ -77,8 +73,6 @@ impl CasesApi {
             }
         })
         .await
-        .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(status)
     }
 }
 
@@ -171,11 +165,7 @@ impl Cases for CasesApi {
         let case_id = req.case_id.clone();
         let after = req.after_case_sequence;
         // One more than asked tells whether another page follows.
-        let entries =
-            tokio::task::spawn_blocking(move || log.case_entries(&case_id, after, size + 1))
-                .await
-                .map_err(|e| Status::internal(e.to_string()))?
-                .map_err(status)?;
+        let entries = on_log(&log, move |l| l.case_entries(&case_id, after, size + 1)).await?;
         let more = entries.len() > size;
         let entries: Vec<TimelineEntry> = entries.iter().take(size).map(timeline_entry).collect();
         let next = if more {

@@ -135,15 +135,12 @@ impl Gate {
     async fn append(&self, mut record: AccessRecord) -> Result<(), Status> {
         record.at = Some(wall_clock());
         let access = self.access.clone();
-        tokio::task::spawn_blocking(move || access.append(record))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map(|_| ())
-            .map_err(|e| {
+        crate::blocking(move || access.append(record).map(|_| ()), |e| {
                 tracing::error!(error = %e, "cannot write the access log; refusing to serve");
                 Status::unavailable(
                     "the node cannot record this access, so it serves nothing; the operator should check the node's disk",
                 )
             })
+            .await
     }
 }

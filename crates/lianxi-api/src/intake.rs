@@ -7,7 +7,7 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::Role;
 use crate::gate::{Gate, Service};
-use crate::{page_size, status};
+use crate::{on_log, page_size};
 
 /// The `Intake` service.
 #[derive(Clone)]
@@ -58,11 +58,10 @@ impl Intake for IntakeApi {
             _ => asked,
         };
         let size = page_size(req.page_size)?;
-        let log = self.log.clone();
         let mut after = req.after_stream_sequence;
         // Filtering by agency may skip records; scan in bounded chunks until
         // a page is full or the records run out.
-        let (rejections, more) = tokio::task::spawn_blocking(move || {
+        let (rejections, more) = on_log(&self.log, move |log| {
             let mut out = Vec::new();
             loop {
                 let chunk = log.rejections(after, 1000)?;
@@ -82,9 +81,7 @@ impl Intake for IntakeApi {
                 }
             }
         })
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(status)?;
+        .await?;
         self.gate
             .record(
                 &principal,

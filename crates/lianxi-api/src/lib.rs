@@ -53,6 +53,31 @@ fn page_size(requested: u32) -> Result<usize, Status> {
     }
 }
 
+/// Runs blocking log work off the async threads; a storage error becomes a
+/// `Status` through `map`.
+async fn blocking<T, E>(
+    work: impl FnOnce() -> Result<T, E> + Send + 'static,
+    map: impl FnOnce(E) -> Status,
+) -> Result<T, Status>
+where
+    T: Send + 'static,
+    E: Send + 'static,
+{
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(map)
+}
+
+/// [`blocking`] with a read of the log and the usual storage error.
+async fn on_log<T: Send + 'static>(
+    log: &lianxi_log::Log,
+    f: impl FnOnce(&lianxi_log::Log) -> lianxi_log::Result<T> + Send + 'static,
+) -> Result<T, Status> {
+    let log = log.clone();
+    blocking(move || f(&log), status).await
+}
+
 fn status(e: lianxi_log::Error) -> Status {
     tracing::error!(error = %e, "storage error while serving a request");
     Status::internal(

@@ -161,7 +161,7 @@ pub(crate) fn spawn_cases(
             // Start from the present: the current view of every matching
             // case, then changes after the log position read first.
             last_global = log.checkpoint().global_sequence;
-            let views = match read(&log, |l| l.views()).await {
+            let views = match crate::on_log(&log, |l| l.views()).await {
                 Ok(v) => v,
                 Err(s) => return send_err(&tx, s).await,
             };
@@ -184,7 +184,7 @@ pub(crate) fn spawn_cases(
         }
         loop {
             let after = last_global;
-            let entries = match read(&log, move |l| l.entries(after, CHUNK)).await {
+            let entries = match crate::on_log(&log, move |l| l.entries(after, CHUNK)).await {
                 Ok(e) => e,
                 Err(s) => return send_err(&tx, s).await,
             };
@@ -240,25 +240,14 @@ fn change(e: &LogEntry, view: Option<CaseView>) -> CaseChange {
     }
 }
 
-async fn read<T: Send + 'static>(
-    log: &Log,
-    f: impl FnOnce(&Log) -> lianxi_log::Result<T> + Send + 'static,
-) -> Result<T, Status> {
-    let log = log.clone();
-    tokio::task::spawn_blocking(move || f(&log))
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(crate::status)
-}
-
 async fn case_entries(log: &Log, case_id: &str, after: u64) -> Result<Vec<LogEntry>, Status> {
     let case_id = case_id.to_owned();
-    read(log, move |l| l.case_entries(&case_id, after, CHUNK)).await
+    crate::on_log(log, move |l| l.case_entries(&case_id, after, CHUNK)).await
 }
 
 async fn case_view(log: &Log, case_id: &str) -> Result<Option<CaseView>, Status> {
     let case_id = case_id.to_owned();
-    read(log, move |l| l.case_view(&case_id)).await
+    crate::on_log(log, move |l| l.case_view(&case_id)).await
 }
 
 async fn send_err(tx: &mpsc::Sender<Result<CaseChange, Status>>, s: Status) {
