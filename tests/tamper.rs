@@ -283,3 +283,204 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+// Exported log files: `lianxi export` and `lianxi verify --file`.
+
+impl Setup {
+    fn export(&self, out: &Path) {
+        let node = self.node.as_ref().expect("a running node");
+        let (ok, stdout, err) = lianxi(
+            &[
+                "export",
+                "--node",
+                &node.grpc_addr,
+                "--out",
+                out.to_str().unwrap(),
+            ],
+            &[],
+        );
+        assert!(ok, "export failed: {stdout}\n{err}");
+        assert!(stdout.contains("exported"), "{stdout}");
+    }
+
+    fn verify_file(&self, file: &Path, state: &Path, event: Option<u64>) -> (bool, String, String) {
+        let event = event.map(|e| e.to_string());
+        let mut args = vec![
+            "verify",
+            "--file",
+            file.to_str().unwrap(),
+            "--key",
+            &self.vkey,
+            "--state",
+            state.to_str().unwrap(),
+        ];
+        if let Some(e) = &event {
+            args.extend(["--event", e]);
+        }
+        lianxi(&args, &[])
+    }
+}
+
+/// The byte ranges of the entries in an export file (format in
+/// services/lianxi/src/proof.rs, `export`): after the header line, the
+/// length-delimited note, then one length-delimited `LogEntry` each.
+fn export_records(bytes: &[u8]) -> Vec<std::ops::Range<usize>> {
+    let magic = b"lianxi-log-export v1\n";
+    assert!(bytes.starts_with(magic));
+    let mut at = magic.len();
+    let mut records = Vec::new();
+    while at < bytes.len() {
+        let mut rest = &bytes[at..];
+        let len = prost::encoding::decode_varint(&mut rest).unwrap() as usize;
+        let start = bytes.len() - rest.len();
+        records.push(start..start + len);
+        at = start + len;
+    }
+    assert_eq!(at, bytes.len());
+    // The first record is the checkpoint note.
+    records.remove(0);
+    records
+}
+
+#[tokio::test]
+async fn an_exported_log_verifies_with_only_the_key_and_damage_is_named() {
+    let mut s = Setup::start(31, 20).await;
+    assert!(s.entries > 40, "workload too small: {}", s.entries);
+    let file = s.keys.path().join("log.export");
+    s.export(&file);
+    let state = s.keys.path().join("file-state.json");
+    let (ok, out, err) = s.verify_file(&file, &state, Some(5));
+    assert!(ok, "a clean export must verify: {out}\n{err}");
+    assert!(out.contains("ok: entry 5 "), "{out}");
+    assert!(
+        out.contains(&format!("{} entries, every hash", s.entries)),
+        "{out}"
+    );
+    assert!(out.contains("verified"), "{out}");
+    // The node grows; a new export is consistent with the state saved from
+    // the first file (the old root recomputed from the file's entries), and
+    // the inclusion of the last entry is proved from the file alone.
+    let first = s.entries;
+    s.entries = s.publish(32, 10, "EXPORTMORE").await;
+    assert!(s.entries > first);
+    let grown = s.keys.path().join("grown.export");
+    s.export(&grown);
+    let last = s.entries.to_string();
+    let (ok, out, err) = s.verify_file(&grown, &state, Some(s.entries));
+    assert!(ok, "{out}\n{err}");
+    assert!(
+        out.contains(&format!(
+            "consistent with the checkpoint of tree size {first}"
+        )),
+        "{out}"
+    );
+    assert!(out.contains(&format!("ok: entry {last} ")), "{out}");
+    // The file agrees with the node's own verification.
+    let (ok, out, err) = s.verify(Some(3));
+    assert!(ok, "{out}\n{err}");
+
+    let bytes = std::fs::read(&grown).unwrap();
+    let records = export_records(&bytes);
+    assert_eq!(records.len() as u64, s.entries);
+    let fresh = |name: &str| s.keys.path().join(name);
+
+    // A flipped byte inside entry 7's case id: it still decodes, and its
+    // hash no longer matches.
+    let entry7 = &records[6];
+    let decoded = lianxi_proto::v1::LogEntry::decode(&bytes[entry7.clone()]).unwrap();
+    let case_id = decoded.event.unwrap().case_id;
+    let at = entry7.start
+        + bytes[entry7.clone()]
+            .windows(case_id.len())
+            .position(|w| w == case_id.as_bytes())
+            .unwrap();
+    let mut flipped = bytes.clone();
+    flipped[at] ^= 0x01;
+    let flipped_file = fresh("flipped.export");
+    std::fs::write(&flipped_file, &flipped).unwrap();
+    assert_fails(
+        s.verify_file(&flipped_file, &fresh("s1.json"), None),
+        &["hash check FAILED at entry 7", "altered"],
+    );
+    // A byte flipped in entry 7's framing: it does not decode, and the
+    // failure names the entry and the byte.
+    let mut broken = bytes.clone();
+    broken[entry7.start] = 0xff;
+    std::fs::write(&flipped_file, &broken).unwrap();
+    let err = assert_fails(
+        s.verify_file(&flipped_file, &fresh("s2.json"), None),
+        &["entry 7"],
+    );
+    assert!(!err.contains("panicked"), "{err}");
+
+    // Cut in the middle of the last entry: the byte offset is named.
+    let cut_file = fresh("cut.export");
+    std::fs::write(&cut_file, &bytes[..bytes.len() - 5]).unwrap();
+    let err = assert_fails(
+        s.verify_file(&cut_file, &fresh("s3.json"), None),
+        &["cut short", &format!("entry {last}"), "byte"],
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    // Cut exactly after an entry: the entries the checkpoint covers are
+    // missing.
+    std::fs::write(&cut_file, &bytes[..records[19].end]).unwrap();
+    assert_fails(
+        s.verify_file(&cut_file, &fresh("s4.json"), None),
+        &["sequence check FAILED at entry 21", "missing"],
+    );
+    // Cut inside the header or the checkpoint: still a clear failure.
+    for n in [3, 30] {
+        std::fs::write(&cut_file, &bytes[..n]).unwrap();
+        let (ok, out, err) = s.verify_file(&cut_file, &fresh("s5.json"), None);
+        assert!(!ok, "{out}");
+        assert!(
+            err.contains("not a lianxi log export") || err.contains("cut short"),
+            "{err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    // Trailing bytes after the last entry are refused.
+    let mut longer = bytes.clone();
+    longer.extend(
+        lianxi_proto::v1::LogEntry::decode(&bytes[records[0].clone()])
+            .unwrap()
+            .encode_length_delimited_to_vec(),
+    );
+    std::fs::write(&cut_file, &longer).unwrap();
+    assert_fails(
+        s.verify_file(&cut_file, &fresh("s6.json"), None),
+        &["sequence check FAILED"],
+    );
+    // None of the failures touched the saved state.
+    let (ok, out, err) = s.verify_file(&grown, &state, None);
+    assert!(ok, "{out}\n{err}");
+}
+
+#[tokio::test]
+async fn an_export_of_a_rewritten_history_fails_against_the_saved_state() {
+    // The state comes from an online verification of the node before its
+    // log was cut and rewound consistently.
+    let mut s = verified_then_stopped(34).await;
+    let keep = s.entries - 10;
+    s.with_log(|log| assert_eq!(log.tamper().truncate(keep).unwrap(), 10));
+    s.restart();
+    let file = s.keys.path().join("cut.export");
+    s.export(&file);
+    // On its own the exported file is self-consistent...
+    let (ok, out, err) = s.verify_file(&file, &s.keys.path().join("fresh.json"), Some(3));
+    assert!(ok, "the cut log is self-consistent: {out}\n{err}");
+    // ...against the saved state it is a rollback...
+    assert_fails(
+        s.verify_file(&file, &s.state(), None),
+        &["rollback", &format!("tree size {keep}")],
+    );
+    // ...and once the node has grown past the saved size with other
+    // entries, an export of it does not extend what was signed before.
+    let grown = s.publish(35, 10, "REWRITTEN").await;
+    assert!(grown > s.entries, "{grown} <= {}", s.entries);
+    s.export(&file);
+    assert_fails(
+        s.verify_file(&file, &s.state(), None),
+        &["consistency check FAILED", "history was rewritten"],
+    );
+}

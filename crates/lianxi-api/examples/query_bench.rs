@@ -44,23 +44,6 @@ const LONG_EVENTS: u64 = 1000;
 const PAGE: u32 = 100;
 const CLIENTS: [usize; 3] = [1, 8, 64];
 
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown cpu".into());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    format!(
-        "{cpu}, {cores} cores, {} {}",
-        std::env::consts::OS,
-        std::env::consts::ARCH
-    )
-}
-
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -325,7 +308,7 @@ async fn main() {
             .and_then(|s| s.parse().ok())
             .unwrap_or(3.0),
     );
-    println!("machine: {}", machine());
+    println!("machine: {}", lianxi_sim::machine());
     println!(
         "every read is recorded in the access log (one sled batch and flush, under the access log's lock) before it is answered"
     );

@@ -19,23 +19,6 @@ use async_nats::jetstream::{self, message::PublishMessage, stream};
 use lianxi_client::{Client, Options, is_stored};
 use lianxi_sim::Workload;
 
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown cpu".into());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    format!(
-        "{cpu}, {cores} cores, {} {}",
-        std::env::consts::OS,
-        std::env::consts::ARCH
-    )
-}
-
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -133,7 +116,7 @@ async fn main() {
         .next()
         .unwrap_or_else(|| "nats://127.0.0.1:4222".into());
     let n: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(20_000);
-    println!("machine: {}", machine());
+    println!("machine: {}", lianxi_sim::machine());
     println!(
         "durability: JetStream file store, server default sync (fsync every 2 min), R1; node flushes sled per group before receipts"
     );

@@ -15,23 +15,6 @@ use std::time::Instant;
 
 use sled::Transactional;
 
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown cpu".into());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    format!(
-        "{cpu}, {cores} cores, {} {}",
-        std::env::consts::OS,
-        std::env::consts::ARCH
-    )
-}
-
 fn record(i: u64) -> Vec<u8> {
     let mut v = format!("event-{i:012}-").into_bytes();
     v.resize(300, b'x');
@@ -167,7 +150,7 @@ fn main() {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(20_000);
-    println!("machine: {}", machine());
+    println!("machine: {}", lianxi_sim::machine());
     println!("events: {n}, 4 records per event, ~300-byte values\n");
     let small = (n / 10).max(500);
     let row = |name: &str, rate: f64, base: f64| {

@@ -18,6 +18,25 @@ use lianxi_proto::v1::{self as pb, Agency, Event, event::Body};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+/// The machine a benchmark ran on, for its printout: CPU model, cores, OS
+/// and architecture.
+pub fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown cpu".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!(
+        "{cpu}, {cores} cores, {} {}",
+        std::env::consts::OS,
+        std::env::consts::ARCH
+    )
+}
+
 /// What to generate.
 #[derive(Debug, Clone)]
 pub struct Workload {

@@ -86,6 +86,25 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Write a running node's fresh signed checkpoint and every log entry up
+    /// to its size to one file, for `lianxi verify --file FILE --key VKEY`
+    /// (format: `lianxi export --help` and ARCHITECTURE.md, "Proofs and
+    /// checkpoints").
+    Export {
+        /// Address of the node to export from.
+        #[arg(long)]
+        node: String,
+        /// The file to write (replaced if it exists; written to
+        /// FILE.partial first).
+        #[arg(long)]
+        out: PathBuf,
+        /// Your bearer token (an auditor's).
+        #[arg(long, env = "LIANXI_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Why you are looking: recorded in the node's access log.
+        #[arg(long, env = "LIANXI_PURPOSE")]
+        purpose: Option<String>,
+    },
     /// Publish events, one canonical protobuf JSON object per line, each on
     /// its agency's subject.
     Publish {
@@ -267,7 +286,8 @@ enum Command {
     /// Check a log. With --node: a running node, trusting nothing but its
     /// verifier key (signed checkpoint, every hash and the chain, the Merkle
     /// root, consistency with the last checkpoint seen, one event's
-    /// inclusion). Without: a stopped node's data directory (hash chain,
+    /// inclusion). With --file: the same checks on a file made by `lianxi
+    /// export`. Without either: a stopped node's data directory (hash chain,
     /// indexes, Merkle tree, access log).
     Verify {
         #[command(flatten)]
@@ -275,16 +295,19 @@ enum Command {
         /// Address of a running node to verify over gRPC.
         #[arg(long)]
         node: Option<String>,
+        /// A log exported by `lianxi export` to verify instead of a node.
+        #[arg(long, conflicts_with_all = ["node", "compare"])]
+        file: Option<PathBuf>,
         /// The node's verifier key (as `lianxi keygen` or `lianxi serve`
         /// prints it): the only thing trusted.
-        #[arg(long, requires = "node")]
+        #[arg(long)]
         key: Option<String>,
         /// Where the last checkpoint seen is kept (default
         /// ~/.lianxi/verify-state-<origin>.json).
-        #[arg(long, requires = "node")]
+        #[arg(long)]
         state: Option<PathBuf>,
         /// Also prove that the entry with this global sequence is in the log.
-        #[arg(long, requires = "node")]
+        #[arg(long)]
         event: Option<u64>,
         /// Instead, check that this second node holds the same root as
         /// --node at the same size.
@@ -477,6 +500,33 @@ fn main() -> std::process::ExitCode {
             }
             Command::Rebuild { data } => offline::rebuild(&data.data_dir, data.policy.as_deref()),
             Command::Keygen { origin, out } => proof::keygen(&origin, &out),
+            Command::Export {
+                node,
+                out,
+                token,
+                purpose,
+            } => proof::export(&query::Conn::new(node, token, purpose), &out).await,
+            Command::Verify {
+                file: Some(file),
+                key,
+                state,
+                event,
+                ..
+            } => match key {
+                Some(key) => proof::verify_file(&file, &key, state.as_deref(), event).await,
+                None => Err(anyhow::anyhow!(
+                    "pass --key with the node's verifier key: it is the only thing a file is checked against"
+                )),
+            },
+            Command::Verify {
+                node: None,
+                key,
+                state,
+                event,
+                ..
+            } if key.is_some() || state.is_some() || event.is_some() => Err(anyhow::anyhow!(
+                "--key, --state and --event need --node ADDR or --file FILE (without them `lianxi verify` checks a stopped node's data directory)"
+            )),
             Command::Verify {
                 node: Some(node),
                 key,

@@ -3,22 +3,40 @@
 //! checkpoint, every entry's hash and the chain, the Merkle root over the
 //! signed size, consistency with the last checkpoint it saw (kept in a local
 //! state file), and optionally one event's inclusion proof.
+//!
+//! `lianxi export` writes a node's fresh signed checkpoint and every entry
+//! up to its size to one file, and `lianxi verify --file` runs the same
+//! checks on it (one shared function, `check_log`, over a stream of entries
+//! from the node or from the file). The file format, version 1:
+//!
+//! ```text
+//! "lianxi-log-export v1\n"                       21 bytes
+//! varint(len(note)) note                         the signed checkpoint note, UTF-8
+//! varint(len(entry 1)) LogEntry 1                 protobuf, length-delimited
+//! ...                                            (prost's encode_length_delimited)
+//! varint(len(entry N)) LogEntry N                 N = the checkpoint's tree size; then EOF
+//! ```
+//!
+//! With the file holding every entry, consistency with a saved checkpoint is
+//! the root of the file's first saved-size entries equal to the saved root,
+//! and an inclusion proof is computed from the file's leaves, then checked
+//! with `lianxi_log::verify_inclusion` like a node's.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
 use lianxi_log::{
-    SignedCheckpoint, entry_hash, leaf_hash, node_hash, open_checkpoint, verify_consistency,
+    Hash, SignedCheckpoint, entry_hash, leaf_hash, node_hash, open_checkpoint, verify_consistency,
     verify_inclusion,
 };
 use lianxi_proto::v1::{
     GetCheckpointRequest, GetConsistencyProofRequest, GetInclusionProofRequest, GetTreeHeadRequest,
-    ReadLogRequest,
+    LogEntry, ReadLogRequest, audit_client::AuditClient,
 };
-use tokio_stream::StreamExt;
+use tokio_stream::{Stream, StreamExt};
 
-use crate::query::{Conn, explain};
+use crate::query::{Conn, Svc, explain};
 
 /// Writes a file only its owner may read, refusing to replace one.
 pub(crate) fn write_secret(path: &Path, contents: &str) -> Result<()> {
@@ -163,6 +181,45 @@ fn hash32(bytes: &[u8], what: &str) -> Result<[u8; 32]> {
         .map_err(|_| anyhow!("{what} is {} bytes, not 32", bytes.len()))
 }
 
+/// Opens the checkpoint note with the trusted key: its signature verifies and
+/// its origin is the key's name. Nothing else is checked when this fails.
+fn open_trusted(note: &str, key: &str, whose: &str) -> Result<SignedCheckpoint> {
+    let cp = open_checkpoint(note, key).map_err(|e| {
+        anyhow!("checkpoint check FAILED: {e}\n{whose} checkpoint cannot be trusted; nothing else was checked")
+    })?;
+    println!(
+        "ok: checkpoint of {} signed by the trusted key: tree size {}, root {}",
+        cp.origin,
+        cp.size,
+        hex::encode(cp.root)
+    );
+    Ok(cp)
+}
+
+/// Where the entries being checked come from: what the messages call it,
+/// and how the consistency and inclusion proofs are obtained.
+enum Source<'a> {
+    /// A running node: it is asked for the proofs.
+    Node(&'a mut AuditClient<Svc>),
+    /// An exported file: it holds every entry up to the checkpoint's size,
+    /// so the old root and the inclusion proof are computed here.
+    File,
+}
+
+impl Source<'_> {
+    fn is_file(&self) -> bool {
+        matches!(self, Source::File)
+    }
+
+    /// "the node sent" / "the file holds".
+    fn sent(&self) -> &'static str {
+        match self {
+            Source::Node(_) => "the node sent",
+            Source::File => "the file holds",
+        }
+    }
+}
+
 /// `lianxi verify --node`: the whole check. Fails with what failed and what
 /// it means.
 pub(crate) async fn verify_node(
@@ -171,11 +228,7 @@ pub(crate) async fn verify_node(
     state: Option<&Path>,
     event: Option<u64>,
 ) -> Result<()> {
-    let origin = key_origin(key)?;
-    let state = match state {
-        Some(p) => p.to_owned(),
-        None => default_state(origin)?,
-    };
+    let state = state_path(key, state)?;
     let mut client = conn.audit().await?;
 
     // 1. The checkpoint, signed by the trusted key.
@@ -185,23 +238,12 @@ pub(crate) async fn verify_node(
         .map_err(explain)
         .context("cannot get the node's checkpoint")?
         .into_inner();
-    let cp = open_checkpoint(&reply.note, key).map_err(|e| {
-        anyhow!("checkpoint check FAILED: {e}\nthe node's checkpoint cannot be trusted; nothing else was checked")
-    })?;
-    println!(
-        "ok: checkpoint of {} signed by the trusted key: tree size {}, root {}",
-        cp.origin,
-        cp.size,
-        hex::encode(cp.root)
-    );
+    let cp = open_trusted(&reply.note, key, "the node's")?;
 
-    // 2. Every entry up to the checkpoint's size: hash, chain, sequence, and
-    // the Merkle root over them.
-    let mut tree = Compact::default();
-    let mut prev = [0u8; 32];
-    let mut count = 0u64;
-    if cp.size > 0 {
-        let mut stream = client
+    // 2.-4. Every entry up to the checkpoint's size, then consistency and
+    // inclusion, with the proofs asked of the node.
+    let stream: std::pin::Pin<Box<dyn Stream<Item = Result<LogEntry>> + Send>> = if cp.size > 0 {
+        let stream = client
             .read_log(ReadLogRequest {
                 from_global_sequence: 1,
                 to_global_sequence: cp.size,
@@ -210,48 +252,132 @@ pub(crate) async fn verify_node(
             .map_err(explain)
             .context("cannot read the node's log")?
             .into_inner();
-        while let Some(item) = stream.next().await {
-            let e = item.map_err(|s| {
+        Box::pin(stream.map(|item| {
+            item.map_err(|s| {
                 anyhow!(
-                    "reading the log FAILED after entry {count}: {}\nthe node could not send entry {} (it may be damaged in storage)",
-                    s.message(),
-                    count + 1
+                    "{}\nthe node could not send the next entry (it may be damaged in storage)",
+                    s.message()
                 )
-            })?;
-            let expected = count + 1;
-            let g = e.global_sequence;
-            if g > expected {
-                bail!(
-                    "sequence check FAILED at entry {expected}: after entry {count} the node sent entry {g}\nentry {expected} is missing from its place: an entry was removed, or entries were reordered"
-                );
-            }
-            if g != expected {
-                bail!(
-                    "sequence check FAILED at entry {expected}: the entry in position {expected} says it is entry {g}\nentries were reordered or repeated"
-                );
-            }
-            if entry_hash(&e).as_slice() != e.hash.as_slice() {
-                bail!(
-                    "hash check FAILED at entry {g}: its content does not match its hash {}\nentry {g} was altered after it was written",
-                    hex::encode(&e.hash)
-                );
-            }
-            if e.prev_hash.as_slice() != prev.as_slice() {
-                bail!(
-                    "chain check FAILED at entry {g}: its previous hash is not the hash of entry {count}\nthe chain is broken before entry {g}: an entry was removed, inserted or replaced"
-                );
-            }
-            prev = hash32(&e.hash, &format!("the hash of entry {g}"))?;
-            tree.push(leaf_hash(&prev));
-            count = g;
-            if count == cp.size {
-                break;
-            }
+            })
+        }))
+    } else {
+        Box::pin(tokio_stream::empty())
+    };
+    check_log(&cp, key, &state, event, stream, Source::Node(&mut client)).await
+}
+
+/// `lianxi verify --file`: the same checks on an exported file (see
+/// [`export`] for its format), trusting nothing but the key.
+pub(crate) async fn verify_file(
+    file: &Path,
+    key: &str,
+    state: Option<&Path>,
+    event: Option<u64>,
+) -> Result<()> {
+    let state = state_path(key, state)?;
+    let (note, entries) = ExportReader::open(file)?;
+    let cp = open_trusted(&note, key, "the file's")?;
+    check_log(
+        &cp,
+        key,
+        &state,
+        event,
+        tokio_stream::iter(entries),
+        Source::File,
+    )
+    .await
+}
+
+fn state_path(key: &str, state: Option<&Path>) -> Result<PathBuf> {
+    let origin = key_origin(key)?;
+    match state {
+        Some(p) => Ok(p.to_owned()),
+        None => default_state(origin),
+    }
+}
+
+/// The checks after the checkpoint's signature, shared by `verify --node`
+/// and `verify --file`: every entry's sequence, hash and chain link, the
+/// Merkle root against the checkpoint, rollback and consistency against the
+/// saved state, and entry `event`'s inclusion. Saves `cp` in the state file
+/// when everything holds.
+async fn check_log(
+    cp: &SignedCheckpoint,
+    key: &str,
+    state: &Path,
+    event: Option<u64>,
+    mut entries: impl Stream<Item = Result<LogEntry>> + Unpin,
+    mut source: Source<'_>,
+) -> Result<()> {
+    let sent = source.sent();
+    let saved = load_state(state, key)?;
+    // A file holds every entry: the old root and the inclusion proof come
+    // from what is read here.
+    let root_at = saved
+        .as_ref()
+        .map(|s| s.size)
+        .filter(|&n| source.is_file() && n > 0 && n <= cp.size);
+    let keep_leaves = source.is_file() && event.is_some();
+
+    // 2. Every entry up to the checkpoint's size: hash, chain, sequence, and
+    // the Merkle root over them.
+    let mut tree = Compact::default();
+    let mut prev = [0u8; 32];
+    let mut count = 0u64;
+    let mut old_root = None;
+    let mut leaves = Vec::new();
+    let mut kept = None;
+    while let Some(item) = entries.next().await {
+        let e = item.map_err(|e| anyhow!("reading the log FAILED after entry {count}: {e:#}"))?;
+        let expected = count + 1;
+        let g = e.global_sequence;
+        if count == cp.size {
+            bail!(
+                "sequence check FAILED after entry {count}: {sent} entry {g} beyond the checkpoint's tree size {}\nthe log is not the one the checkpoint covers",
+                cp.size
+            );
+        }
+        if g > expected {
+            bail!(
+                "sequence check FAILED at entry {expected}: after entry {count} {sent} entry {g}\nentry {expected} is missing from its place: an entry was removed, or entries were reordered"
+            );
+        }
+        if g != expected {
+            bail!(
+                "sequence check FAILED at entry {expected}: the entry in position {expected} says it is entry {g}\nentries were reordered or repeated"
+            );
+        }
+        if entry_hash(&e).as_slice() != e.hash.as_slice() {
+            bail!(
+                "hash check FAILED at entry {g}: its content does not match its hash {}\nentry {g} was altered after it was written",
+                hex::encode(&e.hash)
+            );
+        }
+        if e.prev_hash.as_slice() != prev.as_slice() {
+            bail!(
+                "chain check FAILED at entry {g}: its previous hash is not the hash of entry {count}\nthe chain is broken before entry {g}: an entry was removed, inserted or replaced"
+            );
+        }
+        prev = hash32(&e.hash, &format!("the hash of entry {g}"))?;
+        let leaf = leaf_hash(&prev);
+        tree.push(leaf);
+        if keep_leaves {
+            leaves.push(leaf);
+        }
+        if source.is_file() && event == Some(g) {
+            kept = Some(e);
+        }
+        count = g;
+        if root_at == Some(count) {
+            old_root = Some(tree.root());
+        }
+        if count == cp.size && !source.is_file() {
+            break;
         }
     }
     if count < cp.size {
         bail!(
-            "sequence check FAILED at entry {}: the node sent {count} entries but its checkpoint covers {}\nentries {} to {} are missing from the log",
+            "sequence check FAILED at entry {}: {sent} {count} entries but its checkpoint covers {}\nentries {} to {} are missing from the log",
             count + 1,
             cp.size,
             count + 1,
@@ -261,7 +387,7 @@ pub(crate) async fn verify_node(
     let root = tree.root();
     if root != cp.root {
         bail!(
-            "root check FAILED: the Merkle root of the {} entries the node sent is {}, but its signed checkpoint commits to {}\nthe log served is not the log that was signed",
+            "root check FAILED: the Merkle root of the {} entries {sent} is {}, but the signed checkpoint commits to {}\nthe log served is not the log that was signed",
             cp.size,
             hex::encode(root),
             hex::encode(cp.root)
@@ -273,13 +399,13 @@ pub(crate) async fn verify_node(
     );
 
     // 3. Consistency with the last checkpoint seen.
-    match load_state(&state, key)? {
+    match saved {
         None => println!(
             "no earlier checkpoint in {}: consistency will be checked from this one next time",
             state.display()
         ),
         Some(saved) if saved.size > cp.size => bail!(
-            "rollback detected: the node's current checkpoint (tree size {}) is older than one it signed before (tree size {}, saved in {})\nthe node is serving an old checkpoint as new, or its log was truncated",
+            "rollback detected: the current checkpoint (tree size {}) is older than one the node signed before (tree size {}, saved in {})\nthe node is serving an old checkpoint as new, or its log was truncated",
             cp.size,
             saved.size,
             state.display()
@@ -291,27 +417,35 @@ pub(crate) async fn verify_node(
             );
         }
         Some(saved) => {
-            let proof = client
-                .get_consistency_proof(GetConsistencyProofRequest {
-                    old_size: saved.size,
-                    new_size: cp.size,
-                })
-                .await
-                .map_err(|s| {
-                    anyhow!(
-                        "consistency check FAILED: the node gave no consistency proof from tree size {} to {}: {}",
-                        saved.size,
-                        cp.size,
-                        s.message()
-                    )
-                })?
-                .into_inner();
-            let hashes = proof
-                .hashes
-                .iter()
-                .map(|h| hash32(h, "a consistency proof hash"))
-                .collect::<Result<Vec<_>>>()?;
-            if !verify_consistency(saved.size, cp.size, &saved.root, &cp.root, &hashes) {
+            let consistent = match &mut source {
+                Source::Node(client) => {
+                    let proof = client
+                        .get_consistency_proof(GetConsistencyProofRequest {
+                            old_size: saved.size,
+                            new_size: cp.size,
+                        })
+                        .await
+                        .map_err(|s| {
+                            anyhow!(
+                                "consistency check FAILED: the node gave no consistency proof from tree size {} to {}: {}",
+                                saved.size,
+                                cp.size,
+                                s.message()
+                            )
+                        })?
+                        .into_inner();
+                    let hashes = proof
+                        .hashes
+                        .iter()
+                        .map(|h| hash32(h, "a consistency proof hash"))
+                        .collect::<Result<Vec<_>>>()?;
+                    verify_consistency(saved.size, cp.size, &saved.root, &cp.root, &hashes)
+                }
+                // The file's first saved.size entries must have the root the
+                // node signed then.
+                Source::File => old_root == Some(saved.root),
+            };
+            if !consistent {
                 bail!(
                     "consistency check FAILED: the tree of size {} (root {}) does not extend the tree of size {} (root {}) the node signed before (saved in {})\nhistory was rewritten: entries up to {} are not the ones the node committed to",
                     cp.size,
@@ -338,20 +472,31 @@ pub(crate) async fn verify_node(
                 cp.size
             );
         }
-        let proof = client
-            .get_inclusion_proof(GetInclusionProofRequest {
-                global_sequence: g,
-                tree_size: cp.size,
-            })
-            .await
-            .map_err(|s| {
-                anyhow!(
-                    "inclusion check FAILED at entry {g}: the node gave no inclusion proof: {}",
-                    s.message()
-                )
-            })?
-            .into_inner();
-        let entry = proof.entry.ok_or_else(|| {
+        let (entry, hashes) = match &mut source {
+            Source::Node(client) => {
+                let proof = client
+                    .get_inclusion_proof(GetInclusionProofRequest {
+                        global_sequence: g,
+                        tree_size: cp.size,
+                    })
+                    .await
+                    .map_err(|s| {
+                        anyhow!(
+                            "inclusion check FAILED at entry {g}: the node gave no inclusion proof: {}",
+                            s.message()
+                        )
+                    })?
+                    .into_inner();
+                let hashes = proof
+                    .hashes
+                    .iter()
+                    .map(|h| hash32(h, "an inclusion proof hash"))
+                    .collect::<Result<Vec<_>>>()?;
+                (proof.entry, hashes)
+            }
+            Source::File => (kept.take(), inclusion_path(g - 1, &leaves)),
+        };
+        let entry = entry.ok_or_else(|| {
             anyhow!("inclusion check FAILED at entry {g}: the proof has no entry")
         })?;
         if entry.global_sequence != g || entry_hash(&entry).as_slice() != entry.hash.as_slice() {
@@ -359,11 +504,6 @@ pub(crate) async fn verify_node(
                 "inclusion check FAILED at entry {g}: the entry sent with the proof is not entry {g} as it was written"
             );
         }
-        let hashes = proof
-            .hashes
-            .iter()
-            .map(|h| hash32(h, "an inclusion proof hash"))
-            .collect::<Result<Vec<_>>>()?;
         let leaf = leaf_hash(&hash32(&entry.hash, "the entry's hash")?);
         if !verify_inclusion(&leaf, g - 1, cp.size, &hashes, &cp.root) {
             bail!(
@@ -378,7 +518,7 @@ pub(crate) async fn verify_node(
         );
     }
 
-    save_state(&state, &cp)?;
+    save_state(state, cp)?;
     println!(
         "verified: the log of {} at tree size {} (state saved in {})",
         cp.origin,
@@ -386,6 +526,261 @@ pub(crate) async fn verify_node(
         state.display()
     );
     Ok(())
+}
+
+/// The RFC 6962 root of `leaves` (leaf hashes).
+fn mth(leaves: &[Hash]) -> Hash {
+    let mut tree = Compact::default();
+    for l in leaves {
+        tree.push(*l);
+    }
+    tree.root()
+}
+
+/// The RFC 6962 audit path PATH(m, D\[n\]) of leaf `m` (from 0) in the tree
+/// of `leaves`, computed from the leaves themselves (`verify --file`); it is
+/// checked with `lianxi_log::verify_inclusion` like a node's proof.
+fn inclusion_path(m: u64, leaves: &[Hash]) -> Vec<Hash> {
+    let n = leaves.len() as u64;
+    if n <= 1 || m >= n {
+        return Vec::new();
+    }
+    // The largest power of two smaller than n.
+    let k = 1u64 << (63 - (n - 1).leading_zeros());
+    let (left, right) = leaves.split_at(k as usize);
+    let mut path;
+    if m < k {
+        path = inclusion_path(m, left);
+        path.push(mth(right));
+    } else {
+        path = inclusion_path(m - k, right);
+        path.push(mth(left));
+    }
+    path
+}
+
+/// The first line of an export file.
+const EXPORT_MAGIC: &[u8] = b"lianxi-log-export v1\n";
+
+/// `lianxi export --node ADDR --out FILE`: the node's fresh signed checkpoint
+/// and every entry up to its size, in one file.
+///
+/// The format (version 1), self-delimiting, read back by `verify --file`:
+///
+/// 1. the line `lianxi-log-export v1\n` (21 bytes);
+/// 2. the checkpoint: its length in bytes as a protobuf varint, then the
+///    signed note exactly as `GetCheckpoint{fresh: true}` returned it (UTF-8);
+/// 3. entries 1 to the checkpoint's tree size, in order, each a length-
+///    delimited protobuf `lianxi.v1.LogEntry` (varint length, then the
+///    message: prost's `encode_length_delimited`, the hash and previous
+///    hash included as the node stored them);
+/// 4. nothing else: the file ends after the last entry.
+///
+/// Nothing in the file is trusted by the verifier: the note's signature is
+/// checked with the key, every entry against it.
+pub(crate) async fn export(conn: &Conn, out: &Path) -> Result<()> {
+    use prost::Message;
+
+    let mut client = conn.audit().await?;
+    let reply = client
+        .get_checkpoint(GetCheckpointRequest { fresh: true })
+        .await
+        .map_err(explain)
+        .context("cannot get the node's checkpoint")?
+        .into_inner();
+    let size = reply.tree_size;
+    let partial = PathBuf::from(format!("{}.partial", out.display()));
+    let file = std::fs::File::create(&partial)
+        .with_context(|| format!("cannot create {}", partial.display()))?;
+    let mut w = std::io::BufWriter::new(file);
+    let mut buf = Vec::new();
+    buf.extend_from_slice(EXPORT_MAGIC);
+    prost::encoding::encode_varint(reply.note.len() as u64, &mut buf);
+    buf.extend_from_slice(reply.note.as_bytes());
+    w.write_all(&buf)?;
+    let mut count = 0u64;
+    if size > 0 {
+        let mut stream = client
+            .read_log(ReadLogRequest {
+                from_global_sequence: 1,
+                to_global_sequence: size,
+            })
+            .await
+            .map_err(explain)
+            .context("cannot read the node's log")?
+            .into_inner();
+        while let Some(item) = stream.next().await {
+            let e = item.map_err(|s| {
+                anyhow!(
+                    "export FAILED after entry {count}: {}\nthe node could not send entry {} (the incomplete file is left in {})",
+                    s.message(),
+                    count + 1,
+                    partial.display()
+                )
+            })?;
+            buf.clear();
+            e.encode_length_delimited(&mut buf)?;
+            w.write_all(&buf)
+                .with_context(|| format!("cannot write {}", partial.display()))?;
+            count += 1;
+            if count == size {
+                break;
+            }
+        }
+    }
+    let file = w
+        .into_inner()
+        .map_err(|e| anyhow!("cannot write {}: {}", partial.display(), e.error()))?;
+    file.sync_all()?;
+    drop(file);
+    if count < size {
+        bail!(
+            "export FAILED: the node sent {count} entries but its checkpoint covers {size} (the incomplete file is left in {})",
+            partial.display()
+        );
+    }
+    std::fs::rename(&partial, out).with_context(|| format!("cannot write {}", out.display()))?;
+    let bytes = std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "exported the signed checkpoint and {size} entries ({bytes} bytes) to {}; check it with `lianxi verify --file {} --key VKEY`",
+        out.display(),
+        out.display()
+    );
+    Ok(())
+}
+
+/// Reads an export file (format under [`export`]) one record at a time,
+/// never trusting a length: a cut or damaged file is an error naming the
+/// byte offset and the entry, never a panic or a huge allocation.
+struct ExportReader {
+    r: std::io::BufReader<std::fs::File>,
+    name: String,
+    offset: u64,
+    len: u64,
+    entries: u64,
+    done: bool,
+}
+
+impl ExportReader {
+    /// Opens `path`, reads its header and checkpoint note; the entries
+    /// follow as an iterator.
+    fn open(path: &Path) -> Result<(String, ExportReader)> {
+        let file =
+            std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        let len = file.metadata()?.len();
+        let mut reader = ExportReader {
+            r: std::io::BufReader::new(file),
+            name: path.display().to_string(),
+            offset: 0,
+            len,
+            entries: 0,
+            done: false,
+        };
+        let mut magic = vec![0u8; EXPORT_MAGIC.len()];
+        if len < magic.len() as u64
+            || reader.r.read_exact(&mut magic).is_err()
+            || magic != EXPORT_MAGIC
+        {
+            bail!(
+                "{} is not a lianxi log export: it does not start with {:?} (make one with `lianxi export`)",
+                reader.name,
+                String::from_utf8_lossy(&EXPORT_MAGIC[..EXPORT_MAGIC.len() - 1])
+            );
+        }
+        reader.offset = magic.len() as u64;
+        let note = reader.record("the checkpoint")?.ok_or_else(|| {
+            anyhow!(
+                "{} is cut short at byte {}: it has no checkpoint",
+                reader.name,
+                reader.offset
+            )
+        })?;
+        let note = String::from_utf8(note).map_err(|_| {
+            anyhow!(
+                "{}: the checkpoint at byte {} is not UTF-8 text: the file is damaged",
+                reader.name,
+                EXPORT_MAGIC.len()
+            )
+        })?;
+        Ok((note, reader))
+    }
+
+    /// One length-delimited record; `None` at the end of the file exactly
+    /// where a record would start.
+    fn record(&mut self, what: &str) -> Result<Option<Vec<u8>>> {
+        use std::io::Read;
+
+        let start = self.offset;
+        let mut length = 0u64;
+        for i in 0..10 {
+            let mut byte = [0u8; 1];
+            if self.r.read(&mut byte)? == 0 {
+                if i == 0 {
+                    return Ok(None);
+                }
+                bail!(
+                    "{} is cut short at byte {}: the length of {what} (from byte {start}) is incomplete\nthe file was truncated; export it again",
+                    self.name,
+                    self.offset
+                );
+            }
+            self.offset += 1;
+            length |= u64::from(byte[0] & 0x7f) << (7 * i);
+            if byte[0] & 0x80 == 0 {
+                let left = self.len.saturating_sub(self.offset);
+                if length > left {
+                    bail!(
+                        "{} is cut short: {what} at byte {start} says it is {length} bytes long, but only {left} bytes follow\nthe file was truncated or its length prefix damaged",
+                        self.name
+                    );
+                }
+                let mut bytes = Vec::with_capacity(length as usize);
+                (&mut self.r).take(length).read_to_end(&mut bytes)?;
+                if (bytes.len() as u64) < length {
+                    bail!(
+                        "{} is cut short at byte {}: {what} (from byte {start}) is incomplete",
+                        self.name,
+                        self.offset + bytes.len() as u64
+                    );
+                }
+                self.offset += length;
+                return Ok(Some(bytes));
+            }
+        }
+        bail!(
+            "{}: the length of {what} at byte {start} is not a valid varint: the file is damaged",
+            self.name
+        )
+    }
+}
+
+impl Iterator for ExportReader {
+    type Item = Result<LogEntry>;
+
+    fn next(&mut self) -> Option<Result<LogEntry>> {
+        use prost::Message;
+
+        if self.done {
+            return None;
+        }
+        let n = self.entries + 1;
+        let start = self.offset;
+        let result = match self.record(&format!("entry {n}")) {
+            Ok(None) => None,
+            Ok(Some(bytes)) => Some(LogEntry::decode(bytes.as_slice()).map_err(|e| {
+                anyhow!(
+                    "{}: entry {n} at byte {start} does not decode as a LogEntry ({e})\nthe file is damaged at entry {n}",
+                    self.name
+                )
+            })),
+            Err(e) => Some(Err(e)),
+        };
+        match &result {
+            Some(Ok(_)) => self.entries = n,
+            _ => self.done = true,
+        }
+        result
+    }
 }
 
 /// `lianxi verify --node A --compare B`: both nodes hold the same root at
@@ -464,6 +859,21 @@ mod tests {
             c.push(l);
             leaves.push(l);
             assert_eq!(c.root(), mth(&leaves), "size {}", leaves.len());
+        }
+    }
+
+    #[test]
+    fn a_locally_computed_inclusion_path_verifies() {
+        for n in 1..40u8 {
+            let leaves: Vec<Hash> = (0..n).map(|i| leaf_hash(&[i; 32])).collect();
+            let root = mth(&leaves);
+            for m in 0..u64::from(n) {
+                let path = inclusion_path(m, &leaves);
+                assert!(
+                    verify_inclusion(&leaves[m as usize], m, u64::from(n), &path, &root),
+                    "leaf {m} of {n}"
+                );
+            }
         }
     }
 }
