@@ -310,7 +310,7 @@ async fn main() {
     );
     println!("machine: {}", lianxi_sim::machine());
     println!(
-        "every read is recorded in the access log (one sled batch and flush, under the access log's lock) before it is answered"
+        "every read is recorded in the access log (one sled batch, chained under the access log's lock; flushes shared by concurrent reads) before it is answered"
     );
 
     let dir = tempfile::tempdir().unwrap();

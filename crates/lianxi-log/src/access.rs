@@ -58,9 +58,14 @@ pub struct AccessLog {
 struct Inner {
     db: sled::Db,
     tree: sled::Tree,
-    /// The last sequence and hash. Held for a whole append, flush included,
-    /// so concurrent callers form one chain.
+    /// The last sequence and hash. Held while a record is chained and its
+    /// batch applied, so concurrent callers form one chain in order.
     head: Mutex<Head>,
+    /// Group commit: the highest sequence known to be flushed, and one
+    /// flusher at a time. A caller whose record a finished flush already
+    /// covered returns without flushing again.
+    flushed: Mutex<u64>,
+    flushing: Mutex<()>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,7 +173,9 @@ impl AccessLog {
             inner: Arc::new(Inner {
                 db: db.clone(),
                 tree,
+                flushed: Mutex::new(head.sequence),
                 head: Mutex::new(head),
+                flushing: Mutex::new(()),
             }),
         })
     }
@@ -209,8 +216,43 @@ impl AccessLog {
         // The batch is in sled now: the head moves even if the flush fails,
         // so a later append never writes over this sequence.
         *head = next;
-        self.inner.db.flush()?;
+        drop(head);
+        self.flush_through(record.sequence)?;
         Ok(record)
+    }
+
+    /// Returns once `sequence` is on disk. Group commit: while one caller
+    /// flushes, the others apply their batches and wait; the next flush
+    /// (sled writes its log in order) covers all of them, and a caller whose
+    /// record a finished flush covered returns without flushing again.
+    fn flush_through(&self, sequence: u64) -> Result<()> {
+        let flushed = |inner: &Inner| *inner.flushed.lock().unwrap_or_else(|p| p.into_inner());
+        if flushed(&self.inner) >= sequence {
+            return Ok(());
+        }
+        let _flusher = self
+            .inner
+            .flushing
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if flushed(&self.inner) >= sequence {
+            return Ok(());
+        }
+        // Everything applied so far is covered by this flush.
+        let upto = self
+            .inner
+            .head
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .sequence;
+        self.inner.db.flush()?;
+        let mut done = self
+            .inner
+            .flushed
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        *done = (*done).max(upto);
+        Ok(())
     }
 
     /// Records matching the filter (`case_id` and `principal` exact when
