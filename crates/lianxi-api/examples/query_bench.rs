@@ -445,7 +445,7 @@ async fn main() {
 
     let tokens = std::sync::Arc::new(tokens.to_vec());
     println!(
-        "\nListCases, domestic violence, pages of {PAGE} from random start tokens (the server decodes views 1,000 at a time):"
+        "\nListCases, domestic violence, pages of {PAGE} from random start tokens (the server reads about twice the page per step):"
     );
     header("concurrent clients");
     for n in CLIENTS {
