@@ -204,11 +204,7 @@ impl Audit for AuditApi {
             .await?;
         let req = *request.get_ref();
         let current = self.log.tree_size();
-        let size = match req.tree_size {
-            0 => current,
-            n => n,
-        };
-        check_tree_size("tree_size", size, current)?;
+        let size = tree_size("tree_size", req.tree_size, current)?;
         self.gate
             .record(
                 &principal,
@@ -241,11 +237,7 @@ impl Audit for AuditApi {
             .await?;
         let req = *request.get_ref();
         let current = self.log.tree_size();
-        let size = match req.tree_size {
-            0 => current,
-            n => n,
-        };
-        check_tree_size("tree_size", size, current)?;
+        let size = tree_size("tree_size", req.tree_size, current)?;
         let g = req.global_sequence;
         if g == 0 || g > size {
             return Err(Status::invalid_argument(format!(
@@ -309,11 +301,7 @@ impl Audit for AuditApi {
             .await?;
         let req = *request.get_ref();
         let current = self.log.tree_size();
-        let new = match req.new_size {
-            0 => current,
-            n => n,
-        };
-        check_tree_size("new_size", new, current)?;
+        let new = tree_size("new_size", req.new_size, current)?;
         let old = req.old_size;
         if old == 0 || old > new {
             return Err(Status::invalid_argument(format!(
@@ -445,13 +433,16 @@ fn issue_status(e: IssueError) -> Status {
 
 /// A requested tree size must be within the log as it is now (the tree only
 /// grows, so a size that passes here stays valid).
-fn check_tree_size(field: &str, size: u64, current: u64) -> Result<(), Status> {
-    if size > current {
-        return Err(Status::invalid_argument(format!(
+/// The tree size a request names: 0 means the current tree; larger than
+/// the log is the caller's mistake.
+fn tree_size(field: &str, requested: u64, current: u64) -> Result<u64, Status> {
+    match requested {
+        0 => Ok(current),
+        size if size > current => Err(Status::invalid_argument(format!(
             "{field} {size} is larger than the log, which holds {current} entries; ask for at most {current}, or 0 for the current tree"
-        )));
+        ))),
+        size => Ok(size),
     }
-    Ok(())
 }
 
 /// Log errors of the tree calls: a range the log cannot answer for is the

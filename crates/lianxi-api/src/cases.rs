@@ -12,6 +12,7 @@ use lianxi_proto::v1::{
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
+use crate::auth::Principal;
 use crate::gate::{Gate, Service};
 use crate::{
     ChangeStream, check_case_id, not_found, on_log, page_size, timeline_entry, wall_clock,
@@ -43,15 +44,21 @@ impl CasesApi {
             .ok_or_else(|| not_found(case_id))
     }
 
-    /// Every view the principal may see that passes `keep`, in case-id
-    /// order, starting after `after`, at most `limit` (0: no limit). Also
-    /// says whether more would follow.
+    /// Every view the principal may see that matches `filter` at `now`, in
+    /// case-id order, starting after `after`, at most `limit` (0: no limit).
+    /// Also says whether more would follow.
     async fn scan(
         &self,
+        principal: &Principal,
+        filter: CaseFilter,
+        now: Timestamp,
         after: String,
         limit: usize,
-        keep: impl Fn(&CaseView) -> bool + Send + 'static,
     ) -> Result<(Vec<CaseView>, bool), Status> {
+        let principal = principal.clone();
+        let keep = move |v: &CaseView| {
+            crate::auth::may_read_case(&principal, v) && lianxi_domain::matches(&filter, v, &now)
+        };
         // Read about what a page needs (twice the page, as filters skip
         // some), not a fixed thousand: a page of 100 then decodes a few
         // hundred views, not a thousand.
@@ -96,20 +103,6 @@ fn listed(views: &[CaseView]) -> String {
         }
     }
     s
-}
-
-fn with_jurisdiction(filter: &CaseFilter, jurisdiction: &str) -> CaseFilter {
-    CaseFilter {
-        jurisdiction: jurisdiction.to_owned(),
-        ..filter.clone()
-    }
-}
-
-fn opened_between(view: &CaseView, from: Option<Timestamp>, before: Option<Timestamp>) -> bool {
-    let opened = view.opened_at.unwrap_or_default();
-    let key = (opened.seconds, opened.nanos);
-    from.is_none_or(|f| key >= (f.seconds, f.nanos))
-        && before.is_none_or(|b| key < (b.seconds, b.nanos))
 }
 
 #[tonic::async_trait]
@@ -212,11 +205,8 @@ impl Cases for CasesApi {
         let size = page_size(req.page_size)?;
         let now = req.now.unwrap_or_else(wall_clock);
         let filter = req.filter.unwrap_or_default();
-        let p = principal.clone();
         let (views, more) = self
-            .scan(req.page_token.clone(), size, move |v| {
-                crate::auth::may_read_case(&p, v) && lianxi_domain::matches(&filter, v, &now)
-            })
+            .scan(&principal, filter, now, req.page_token.clone(), size)
             .await?;
         self.gate
             .record(&principal, request.metadata(), METHOD, "", listed(&views))
@@ -248,13 +238,11 @@ impl Cases for CasesApi {
             .await?;
         let req = request.get_ref().clone();
         let now = req.now.unwrap_or_else(wall_clock);
-        let filter = with_jurisdiction(&CaseFilter::default(), &req.jurisdiction);
-        let p = principal.clone();
-        let (views, _) = self
-            .scan(String::new(), 0, move |v| {
-                crate::auth::may_read_case(&p, v) && lianxi_domain::matches(&filter, v, &now)
-            })
-            .await?;
+        let filter = CaseFilter {
+            jurisdiction: req.jurisdiction.clone(),
+            ..CaseFilter::default()
+        };
+        let (views, _) = self.scan(&principal, filter, now, String::new(), 0).await?;
         let days = match req.expiring_within_days {
             0 => 14,
             d => d,
@@ -371,16 +359,13 @@ impl Cases for CasesApi {
             .await?;
         let req = request.get_ref().clone();
         let now = req.now.unwrap_or_else(wall_clock);
-        let filter = with_jurisdiction(&CaseFilter::default(), &req.jurisdiction);
-        let p = principal.clone();
-        let (from, before) = (req.opened_from, req.opened_before);
-        let (views, _) = self
-            .scan(String::new(), 0, move |v| {
-                crate::auth::may_read_case(&p, v)
-                    && lianxi_domain::matches(&filter, v, &now)
-                    && opened_between(v, from, before)
-            })
-            .await?;
+        let filter = CaseFilter {
+            jurisdiction: req.jurisdiction.clone(),
+            opened_from: req.opened_from,
+            opened_before: req.opened_before,
+            ..CaseFilter::default()
+        };
+        let (views, _) = self.scan(&principal, filter, now, String::new(), 0).await?;
         self.gate
             .record(
                 &principal,

@@ -128,6 +128,31 @@ pub(crate) fn explain(s: tonic::Status) -> anyhow::Error {
     }
 }
 
+/// Follows a paged call's cursor (its zero value starts, `None` ends) until
+/// `limit` items are collected or the pages run out.
+async fn pages<T, C: Default>(
+    limit: usize,
+    mut fetch: impl AsyncFnMut(C) -> Result<(Vec<T>, Option<C>)>,
+) -> Result<Vec<T>> {
+    let mut all = Vec::new();
+    let mut cursor = C::default();
+    while all.len() < limit {
+        let (items, next) = fetch(cursor).await?;
+        all.extend(items);
+        match next {
+            Some(next) => cursor = next,
+            None => break,
+        }
+    }
+    all.truncate(limit);
+    Ok(all)
+}
+
+/// A numeric cursor: 0 means no further page.
+fn more(next: u64) -> Option<u64> {
+    (next != 0).then_some(next)
+}
+
 pub(crate) fn parse_time(flag: &str, s: Option<&str>) -> Result<Option<Timestamp>> {
     let Some(s) = s else { return Ok(None) };
     let t = chrono::DateTime::parse_from_rfc3339(s).with_context(|| {
@@ -190,9 +215,7 @@ pub(crate) async fn timeline(conn: &Conn, case_id: &str, json: bool, wait_for: u
     if wait_for > 0 {
         get_case(&mut client, case_id, None, wait_for).await?;
     }
-    let mut entries: Vec<TimelineEntry> = Vec::new();
-    let mut after = 0;
-    loop {
+    let entries: Vec<TimelineEntry> = pages(usize::MAX, async |after| {
         let page = client
             .get_timeline(GetTimelineRequest {
                 case_id: case_id.to_owned(),
@@ -202,12 +225,9 @@ pub(crate) async fn timeline(conn: &Conn, case_id: &str, json: bool, wait_for: u
             .await
             .map_err(explain)?
             .into_inner();
-        entries.extend(page.entries);
-        if page.next_after_case_sequence == 0 {
-            break;
-        }
-        after = page.next_after_case_sequence;
-    }
+        Ok((page.entries, more(page.next_after_case_sequence)))
+    })
+    .await?;
     if json {
         let all = lianxi_proto::v1::GetTimelineResponse {
             case_id: case_id.to_owned(),
@@ -229,9 +249,7 @@ pub(crate) async fn rejections(
     limit: usize,
 ) -> Result<()> {
     let mut client = IntakeClient::new(conn.channel().await?);
-    let mut all = Vec::new();
-    let mut after = 0;
-    while all.len() < limit {
+    let all = pages(limit, async |after| {
         let page = client
             .list_rejections(ListRejectionsRequest {
                 agency: agency.map_or(0, |a| a as i32),
@@ -241,13 +259,9 @@ pub(crate) async fn rejections(
             .await
             .map_err(explain)?
             .into_inner();
-        all.extend(page.rejections);
-        if page.next_after_stream_sequence == 0 {
-            break;
-        }
-        after = page.next_after_stream_sequence;
-    }
-    all.truncate(limit);
+        Ok((page.rejections, more(page.next_after_stream_sequence)))
+    })
+    .await?;
     if json {
         let reply = lianxi_proto::v1::ListRejectionsResponse {
             rejections: all,
@@ -344,28 +358,23 @@ pub(crate) async fn cases(
     let filter = filter.filter()?;
     let now = parse_time("now", now)?;
     let mut client = conn.cases().await?;
-    let mut all = Vec::new();
-    let mut token = String::new();
     let mut evaluated_at = None;
-    while all.len() < limit {
+    let all = pages(limit, async |token: String| {
         let page = client
             .list_cases(ListCasesRequest {
                 filter: Some(filter.clone()),
                 now,
-                page_token: token.clone(),
+                page_token: token,
                 page_size: 1000.min(limit as u32).max(1),
             })
             .await
             .map_err(explain)?
             .into_inner();
         evaluated_at = page.evaluated_at;
-        all.extend(page.cases);
-        if page.next_page_token.is_empty() {
-            break;
-        }
-        token = page.next_page_token;
-    }
-    all.truncate(limit);
+        let next = (!page.next_page_token.is_empty()).then_some(page.next_page_token);
+        Ok((page.cases, next))
+    })
+    .await?;
     if json {
         let reply = lianxi_proto::v1::ListCasesResponse {
             cases: all,
@@ -513,29 +522,24 @@ pub(crate) async fn access(
     limit: usize,
     json: bool,
 ) -> Result<()> {
+    let (from, before) = (parse_time("from", from)?, parse_time("before", before)?);
     let mut client = AuditClient::new(conn.channel().await?);
-    let mut all = Vec::new();
-    let mut after = 0;
-    while all.len() < limit {
+    let all = pages(limit, async |after| {
         let page = client
             .list_access(ListAccessRequest {
                 case_id: case_id.clone().unwrap_or_default(),
                 principal: principal.clone().unwrap_or_default(),
-                from: parse_time("from", from)?,
-                before: parse_time("before", before)?,
+                from,
+                before,
                 after_sequence: after,
                 page_size: 1000,
             })
             .await
             .map_err(explain)?
             .into_inner();
-        all.extend(page.records);
-        if page.next_after_sequence == 0 {
-            break;
-        }
-        after = page.next_after_sequence;
-    }
-    all.truncate(limit);
+        Ok((page.records, more(page.next_after_sequence)))
+    })
+    .await?;
     if json {
         let reply = lianxi_proto::v1::ListAccessResponse {
             records: all,
