@@ -45,6 +45,8 @@ fn opened(id: &str, case: &str, agency: Agency, t: i64) -> Event {
             person_ref: format!("P-{case}"),
             summary: "caller reports violence at home".into(),
             mandatory_reporter: String::new(),
+            person: None,
+            children: Vec::new(),
         }),
     )
 }

@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
     let files = [
+        "lianxi/v1/personal.proto",
         "lianxi/v1/events.proto",
         "lianxi/v1/view.proto",
         "lianxi/v1/cases.proto",

@@ -15,6 +15,17 @@ use tonic::transport::Channel;
 
 pub const LIANXI: &str = env!("CARGO_BIN_EXE_lianxi");
 
+/// One key-encryption key for every node of this test binary: nodes that
+/// share a bus must share the KEK, as in production.
+pub fn test_kek_file() -> &'static Path {
+    static FILE: std::sync::OnceLock<tempfile::TempPath> = std::sync::OnceLock::new();
+    FILE.get_or_init(|| {
+        let f = tempfile::NamedTempFile::new().expect("temp file for the KEK");
+        std::fs::write(f.path(), format!("{}\n", "4b".repeat(32))).expect("write the test KEK");
+        f.into_temp_path()
+    })
+}
+
 /// Finds nats-server 2.10+: `NATS_SERVER_BIN`, then the one `scripts/test`
 /// installs under `.tools/`, then `PATH`.
 pub fn nats_server_bin() -> PathBuf {
@@ -170,6 +181,7 @@ impl Node {
             .env("LIANXI_NATS_URL", nats_url)
             .env("LIANXI_DATA_DIR", data_dir)
             .env("LIANXI_GRPC_ADDR", "127.0.0.1:0")
+            .env("LIANXI_KEK_FILE", test_kek_file())
             .env("LIANXI_LOG", "warn")
             .envs(envs.iter().copied())
             .stdout(Stdio::piped())
@@ -205,6 +217,7 @@ impl Node {
             .env("LIANXI_NATS_URL", nats_url)
             .env("LIANXI_DATA_DIR", data_dir)
             .env("LIANXI_GRPC_ADDR", "127.0.0.1:0")
+            .env("LIANXI_KEK_FILE", test_kek_file())
             .env("LIANXI_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -38,6 +38,10 @@ use prost::Message;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Channel, Server};
 
+/// Keys derived from a fixed seed: these runs have no key store.
+static TEST_KEYS: std::sync::LazyLock<lianxi_log::GroupKeys> =
+    std::sync::LazyLock::new(|| lianxi_log::GroupKeys::derived("lianxi-test"));
+
 const CASES: usize = 2000;
 const LONG_CASE: &str = "LONG-000001";
 const LONG_EVENTS: u64 = 1000;
@@ -118,6 +122,8 @@ fn workload() -> (Vec<Incoming>, Vec<String>) {
                 person_ref: "P-LONG-1".into(),
                 summary: "caller reports violence at home; two children".into(),
                 mandatory_reporter: String::new(),
+                person: None,
+                children: Vec::new(),
             })
         } else {
             Body::ProgressReported(pb::ProgressReported {
@@ -147,7 +153,7 @@ fn workload() -> (Vec<Incoming>, Vec<String>) {
 fn fill(log: &Log, msgs: &[Incoming]) -> Vec<u64> {
     let mut long = Vec::new();
     for group in msgs.chunks(500) {
-        let report = log.append_group(group).unwrap();
+        let report = log.append_group(group, &TEST_KEYS).unwrap();
         for (seq, outcome) in report.outcomes {
             match outcome {
                 EventOutcome::Accepted {

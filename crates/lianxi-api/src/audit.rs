@@ -150,8 +150,10 @@ impl Audit for AuditApi {
         })
         .await?;
         let (view, last, applied) = found.ok_or_else(|| not_found(&req.case_id))?;
+        // Auditors prove history; they read no personal values, not even
+        // sealed ones, through a view (the log's entries carry them sealed).
         Ok(Response::new(GetCaseAsOfResponse {
-            view: Some(view),
+            view: Some(crate::conceal_view(view)),
             as_of_global_sequence: last,
             entries_applied: applied,
         }))

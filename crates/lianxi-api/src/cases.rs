@@ -12,8 +12,13 @@ use lianxi_proto::v1::{
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
+use std::sync::Arc;
+
+use lianxi_crypto::KeyStore;
+
 use crate::auth::Principal;
 use crate::gate::{Gate, Service};
+use crate::personal::CaseKeys;
 use crate::{
     ChangeStream, check_case_id, not_found, on_log, page_size, timeline_entry, wall_clock,
 };
@@ -24,12 +29,33 @@ pub struct CasesApi {
     log: Log,
     gate: Gate,
     changes: watch::Receiver<Option<GroupReport>>,
+    keys: CaseKeys,
 }
 
 impl CasesApi {
     /// `changes` wakes watchers when a group has been written.
     pub fn new(log: Log, gate: Gate, changes: watch::Receiver<Option<GroupReport>>) -> Self {
-        CasesApi { log, gate, changes }
+        CasesApi {
+            log,
+            gate,
+            changes,
+            keys: CaseKeys::None,
+        }
+    }
+
+    /// Reads case keys from the node's key store, to show personal values
+    /// to the roles that need them. Without it they show as unavailable.
+    pub fn with_keys(mut self, keys: Arc<KeyStore>) -> Self {
+        self.keys = CaseKeys::Store(keys);
+        self
+    }
+
+    /// Case keys derived from `seed` (`lianxi_log::GroupKeys::derived`),
+    /// for tests without a bus.
+    #[doc(hidden)]
+    pub fn with_derived_keys(mut self, seed: &str) -> Self {
+        self.keys = CaseKeys::Derived(seed.to_owned());
+        self
     }
 
     /// The tonic server for this service.
@@ -135,6 +161,8 @@ impl Cases for CasesApi {
             .await?;
         let now = req.now.unwrap_or_else(wall_clock);
         let evaluation = lianxi_domain::evaluate(&view, &now);
+        let mut view = view;
+        self.keys.reveal_view(&principal, &mut view).await;
         Ok(Response::new(GetCaseResponse {
             view: Some(view),
             evaluated_at: Some(now),
@@ -166,9 +194,9 @@ impl Cases for CasesApi {
         let case_id = req.case_id.clone();
         let after = req.after_case_sequence;
         // One more than asked tells whether another page follows.
-        let entries = on_log(&log, move |l| l.case_entries(&case_id, after, size + 1)).await?;
+        let mut entries = on_log(&log, move |l| l.case_entries(&case_id, after, size + 1)).await?;
         let more = entries.len() > size;
-        let entries: Vec<TimelineEntry> = entries.iter().take(size).map(timeline_entry).collect();
+        entries.truncate(size);
         let next = if more {
             entries.last().map_or(0, |e| e.case_sequence)
         } else {
@@ -183,6 +211,12 @@ impl Cases for CasesApi {
                 format!("timeline entries after {after}: {}", entries.len()),
             )
             .await?;
+        // Recorded first, then decrypted: nothing personal is read before
+        // the access is on record.
+        self.keys
+            .reveal_entries(&principal, &view, &mut entries)
+            .await;
+        let entries: Vec<TimelineEntry> = entries.iter().map(timeline_entry).collect();
         Ok(Response::new(GetTimelineResponse {
             case_id: req.case_id,
             entries,

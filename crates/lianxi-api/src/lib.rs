@@ -18,6 +18,7 @@ mod cases;
 mod checkpoints;
 mod gate;
 mod intake;
+mod personal;
 mod watch;
 
 pub use audit::{AuditApi, LogStream};
@@ -31,7 +32,7 @@ pub use gate::Gate;
 pub use intake::IntakeApi;
 
 use lianxi_proto::Timestamp;
-use lianxi_proto::v1::{CaseChange, LogEntry, TimelineEntry};
+use lianxi_proto::v1::{CaseChange, CaseView, LogEntry, TimelineEntry};
 use tonic::Status;
 
 /// Default and maximum page sizes: bounded, so one call cannot ask the node
@@ -85,6 +86,29 @@ fn status(e: lianxi_log::Error) -> Status {
     )
 }
 
+/// A sealed value as a response shows it: its path, kind and why it is not
+/// shown; never its ciphertext.
+fn conceal(s: &lianxi_proto::v1::Sealed) -> lianxi_proto::v1::Sealed {
+    use lianxi_proto::v1::{PersonalKind, Redaction, Sealed};
+    let redaction = match Redaction::try_from(s.redaction) {
+        Ok(Redaction::Unspecified) | Err(_) => Redaction::Withheld as i32,
+        Ok(r) => r as i32,
+    };
+    Sealed {
+        path: s.path.clone(),
+        ciphertext: Vec::new(),
+        redaction,
+        event_id: s.event_id.clone(),
+        kind: lianxi_domain::personal::kind_of(&s.path).unwrap_or(PersonalKind::Unspecified) as i32,
+    }
+}
+
+/// A view with every personal value still sealed in it concealed.
+fn conceal_view(mut view: CaseView) -> CaseView {
+    view.personal = view.personal.iter().map(conceal).collect();
+    view
+}
+
 fn check_case_id(case_id: &str) -> Result<(), Status> {
     let ok = !case_id.is_empty()
         && case_id.len() <= lianxi_domain::MAX_ID_LEN
@@ -117,10 +141,15 @@ fn wall_clock() -> Timestamp {
     }
 }
 
-/// One timeline line from a log entry.
+/// One timeline line from a log entry. Personal values still sealed in the
+/// entry (not revealed to this caller) go out as withheld, never as
+/// ciphertext.
 pub fn timeline_entry(entry: &LogEntry) -> TimelineEntry {
     let event = entry.event.clone().unwrap_or_default();
+    let withheld = entry.sealed.iter().map(conceal).collect();
     TimelineEntry {
+        event: Some(event.clone()),
+        withheld,
         global_sequence: entry.global_sequence,
         case_sequence: entry.case_sequence,
         agency: event.agency,

@@ -16,6 +16,9 @@ use tonic::Status;
 
 use crate::timeline_entry;
 
+// Watch streams carry no personal values: they go to dashboards and stay
+// open; `GetCase` and `GetTimeline` show them to the roles that need them.
+
 /// Messages a watcher may have queued before the reader waits for it.
 const WATCH_BUFFER: usize = 64;
 /// Entries read from the log per step.
@@ -87,7 +90,7 @@ pub(crate) fn spawn_case(
                 case_id: case_id.clone(),
                 global_sequence: last_global,
                 entry: None,
-                view: Some(view),
+                view: Some(crate::conceal_view(view)),
                 snapshot: true,
             };
             if tx.send(Ok(snapshot)).await.is_err() {
@@ -174,7 +177,7 @@ pub(crate) fn spawn_cases(
                     case_id: view.case_id.clone(),
                     global_sequence: last_global,
                     entry: None,
-                    view: Some(view),
+                    view: Some(crate::conceal_view(view)),
                     snapshot: true,
                 };
                 if tx.send(Ok(snapshot)).await.is_err() {
@@ -235,7 +238,7 @@ fn change(e: &LogEntry, view: Option<CaseView>) -> CaseChange {
             .unwrap_or_default(),
         global_sequence: e.global_sequence,
         entry: Some(timeline_entry(e)),
-        view,
+        view: view.map(crate::conceal_view),
         snapshot: false,
     }
 }

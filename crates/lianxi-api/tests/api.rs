@@ -38,6 +38,10 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Channel, Endpoint, Server};
 use tonic::{Code, Request, Status, Streaming};
 
+/// Keys derived from a fixed seed: these runs have no key store.
+static TEST_KEYS: std::sync::LazyLock<lianxi_log::GroupKeys> =
+    std::sync::LazyLock::new(|| lianxi_log::GroupKeys::derived("lianxi-test"));
+
 // ---------------------------------------------------------------------------
 // Principals
 
@@ -154,6 +158,8 @@ fn opened(case: &str, agency: Agency, jurisdiction: &str, category: Category) ->
             person_ref: format!("person-of-{case}"),
             summary: "caller reports violence at home".into(),
             mandatory_reporter: String::new(),
+            person: None,
+            children: Vec::new(),
         }),
     )
 }
@@ -315,7 +321,10 @@ impl Node {
             });
             self.stream += 1;
         }
-        let report = self.log.append_group(&group).expect("append group");
+        let report = self
+            .log
+            .append_group(&group, &TEST_KEYS)
+            .expect("append group");
         for (seq, outcome) in &report.outcomes {
             assert!(
                 matches!(outcome, EventOutcome::Accepted { .. }),
@@ -336,7 +345,10 @@ impl Node {
             payload,
         };
         self.stream += 1;
-        let report = self.log.append_group(&[m]).expect("append group");
+        let report = self
+            .log
+            .append_group(&[m], &TEST_KEYS)
+            .expect("append group");
         self.changes.send_replace(Some(report.clone()));
         report
     }
@@ -363,7 +375,10 @@ impl Node {
             self.stream += 1;
         }
         for group in msgs.chunks(100) {
-            let report = self.log.append_group(group).expect("append group");
+            let report = self
+                .log
+                .append_group(group, &TEST_KEYS)
+                .expect("append group");
             for (seq, outcome) in &report.outcomes {
                 assert!(
                     matches!(outcome, EventOutcome::Accepted { .. }),
@@ -424,7 +439,9 @@ async fn serve(
     let addr = listener.local_addr().expect("local addr");
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let gate = Gate::new(principals(), log.access_log());
-    let cases = CasesApi::new(log.clone(), gate.clone(), changes).into_server();
+    let cases = CasesApi::new(log.clone(), gate.clone(), changes)
+        .with_derived_keys("lianxi-test")
+        .into_server();
     let audit = AuditApi::new(log.clone(), gate.clone()).into_server();
     let intake = IntakeApi::new(log.clone(), gate).into_server();
     let (stop, stopped) = oneshot::channel::<()>();
@@ -1699,7 +1716,12 @@ async fn watch_case_resumes_without_gaps_or_repeats() {
     assert!(first.snapshot, "{first:?}");
     assert!(first.entry.is_none());
     let view = first.view.expect("a snapshot has the view");
-    assert_eq!(view, node.view(A));
+    assert!(
+        !view.personal.is_empty() && view.personal.iter().all(|s| s.ciphertext.is_empty()),
+        "a watch carries no personal values, sealed or not: {:?}",
+        view.personal
+    );
+    assert_eq!(unsealed(view.clone()), unsealed(node.view(A)));
     assert_eq!(first.global_sequence, view.last_global_sequence);
 
     // Five changes to A, with changes to other cases in between.
@@ -1747,7 +1769,7 @@ async fn watch_case_resumes_without_gaps_or_repeats() {
     // happens when they land in it).
     let snapshot = next_change(&mut stream).await;
     assert!(snapshot.snapshot, "{snapshot:?}");
-    assert_eq!(snapshot.view, Some(node.view(A)));
+    assert_eq!(snapshot.view.map(unsealed), Some(unsealed(node.view(A))));
     assert_eq!(snapshot.global_sequence, expected[6]);
 
     // Live again: two more, then a sentinel, and nothing in between.
@@ -1835,7 +1857,7 @@ async fn watch_case_resume_keeps_changes_written_during_catch_up() {
     loop {
         let c = next_change(&mut stream).await;
         if c.snapshot {
-            assert_eq!(c.view, Some(node.view(A)));
+            assert_eq!(c.view.map(unsealed), Some(unsealed(node.view(A))));
             break;
         }
         got.push(c);
@@ -2031,8 +2053,8 @@ async fn case_as_of_equals_the_view_at_the_time() {
         .expect("as of sequence")
         .into_inner();
         assert_eq!(
-            by_seq.view.as_ref(),
-            Some(view),
+            by_seq.view.map(unsealed),
+            Some(unsealed(view.clone())),
             "as of global sequence {g}"
         );
         assert_eq!(by_seq.as_of_global_sequence, *g);
@@ -2052,7 +2074,11 @@ async fn case_as_of_equals_the_view_at_the_time() {
             .await
             .expect("as of time")
             .into_inner();
-            assert_eq!(by_time.view.as_ref(), Some(view), "as of {t}");
+            assert_eq!(
+                by_time.view.map(unsealed),
+                Some(unsealed(view.clone())),
+                "as of {t}"
+            );
         }
     }
     // Before the case was opened there is nothing.
@@ -2164,4 +2190,145 @@ async fn agenda_and_stats_cover_only_visible_cases() {
     .expect("stats")
     .into_inner();
     assert_eq!(stats.cases, police);
+}
+
+/// A view without its personal values, sealed or shown: what differs
+/// between the stored view and what a caller gets.
+fn unsealed(mut v: CaseView) -> CaseView {
+    v.personal.clear();
+    v.person_ref.clear();
+    v.mandatory_reporter.clear();
+    v
+}
+
+#[tokio::test]
+async fn personal_values_go_only_to_the_roles_that_need_them() {
+    let mut node = Node::start().await;
+    let case = "PII-1";
+    let mut open = opened(
+        case,
+        Agency::Police,
+        "330100/330106",
+        Category::DomesticViolence,
+    );
+    if let Some(Body::CaseOpened(o)) = &mut open.body {
+        o.mandatory_reporter = "Teacher Li".into();
+        o.person = Some(pb::Person {
+            name: "Chen Mei".into(),
+            address: "7 Lotus Street".into(),
+            ..Default::default()
+        });
+    }
+    node.append(vec![open]);
+    let cases = node.cases();
+    let get = |token: &'static str| {
+        let mut c = cases.clone();
+        async move {
+            c.get_case(req(
+                token,
+                GetCaseRequest {
+                    case_id: case.into(),
+                    now: None,
+                },
+            ))
+            .await
+            .expect("get case")
+            .into_inner()
+            .view
+            .expect("view")
+        }
+    };
+    let opening = |token: &'static str| {
+        let mut c = cases.clone();
+        async move {
+            c.get_timeline(req(
+                token,
+                GetTimelineRequest {
+                    case_id: case.into(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect("timeline")
+            .into_inner()
+            .entries
+            .remove(0)
+        }
+    };
+    let withheld = |v: &[pb::Sealed]| -> Vec<(String, i32)> {
+        v.iter().map(|s| (s.path.clone(), s.redaction)).collect()
+    };
+
+    // Police read everything, the reporter included.
+    let v = get(POLICE).await;
+    assert_eq!(
+        (v.person_ref.as_str(), v.mandatory_reporter.as_str()),
+        ("person-of-PII-1", "Teacher Li")
+    );
+    assert!(v.personal.is_empty(), "{:?}", v.personal);
+    let t = opening(POLICE).await;
+    let Some(Body::CaseOpened(o)) = t.event.and_then(|e| e.body) else {
+        panic!("opening")
+    };
+    assert_eq!(o.person.clone().unwrap().address, "7 Lotus Street");
+
+    // The secretariat reads who, not where, and never the reporter.
+    let v = get(XIHU).await;
+    assert_eq!(v.person_ref, "person-of-PII-1");
+    assert!(v.mandatory_reporter.is_empty());
+    assert_eq!(
+        withheld(&v.personal),
+        vec![(
+            "case_opened.mandatory_reporter".into(),
+            pb::Redaction::Withheld as i32
+        )]
+    );
+    let t = opening(XIHU).await;
+    let Some(Body::CaseOpened(o)) = t.event.clone().and_then(|e| e.body) else {
+        panic!("opening")
+    };
+    let person = o.person.unwrap();
+    assert_eq!(
+        (person.name.as_str(), person.address.as_str()),
+        ("Chen Mei", "")
+    );
+    assert_eq!(
+        withheld(&t.withheld),
+        vec![
+            (
+                "case_opened.mandatory_reporter".into(),
+                pb::Redaction::Withheld as i32
+            ),
+            (
+                "case_opened.person.address".into(),
+                pb::Redaction::Withheld as i32
+            ),
+        ]
+    );
+    assert!(t.withheld.iter().all(|s| s.ciphertext.is_empty()));
+
+    // After erasure no one reads anything, and says why.
+    node.append(vec![event(
+        case,
+        Agency::PoliticalLegalCommittee,
+        Body::PersonalDataErased(pb::PersonalDataErased {
+            legal_basis: "request of the person".into(),
+            authorised_by: "plc-3".into(),
+        }),
+    )]);
+    let v = get(POLICE).await;
+    assert!(v.person_ref.is_empty() && v.mandatory_reporter.is_empty());
+    assert_eq!(v.personal.len(), 2);
+    assert!(
+        v.personal
+            .iter()
+            .all(|s| s.redaction == pb::Redaction::Erased as i32)
+    );
+    let t = opening(POLICE).await;
+    assert_eq!(t.withheld.len(), 4, "{:?}", t.withheld);
+    assert!(
+        t.withheld
+            .iter()
+            .all(|s| s.redaction == pb::Redaction::Erased as i32)
+    );
 }

@@ -1,6 +1,7 @@
 //! What the log hands the domain besides the event itself.
 
 use lianxi_proto::Timestamp;
+use lianxi_proto::v1::Sealed;
 
 use crate::policy::Policy;
 
@@ -26,10 +27,10 @@ pub struct Context<'a> {
     pub prior_case: Option<&'a PriorCase>,
 }
 
-/// Where an accepted event landed in the log. The sequences go into the
-/// view so that a reader knows how fresh it is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EntryMeta {
+/// Where an accepted event landed in the log, and what it sealed. The
+/// sequences go into the view so that a reader knows how fresh it is.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EntryMeta<'a> {
     /// Dense across the whole log, from 1.
     pub global_sequence: u64,
     /// Dense within the case, from 1.
@@ -37,4 +38,8 @@ pub struct EntryMeta {
     /// When the stream stored the event. Not used for deadlines, which run
     /// from `occurred_at`; kept so callers can pass the entry as it is.
     pub recorded_at: Timestamp,
+    /// The entry's sealed personal values (`LogEntry.sealed`): the view
+    /// keeps the opening's person reference and mandatory reporter from
+    /// them, still sealed.
+    pub sealed: &'a [Sealed],
 }

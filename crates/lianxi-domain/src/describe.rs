@@ -58,6 +58,8 @@ pub(crate) fn body_kind(body: &Body) -> &'static str {
         Body::SharedWithoutConsent(_) => "shared_without_consent",
         Body::CaseClosed(_) => "case_closed",
         Body::CaseReopened(_) => "case_reopened",
+        Body::PersonalDataRestricted(_) => "personal_data_restricted",
+        Body::PersonalDataErased(_) => "personal_data_erased",
     }
 }
 
@@ -344,5 +346,18 @@ fn describe_body(body: &Body) -> String {
             enum_words!(ClosureOutcome, b.outcome, "CLOSURE_OUTCOME_")
         ),
         Body::CaseReopened(b) => with_text(String::from("reopened the case"), &b.reason),
+        Body::PersonalDataRestricted(b) => with_text(
+            format!(
+                "put the case's personal data under legal hold until {}",
+                b.retain_until
+                    .as_ref()
+                    .map_or_else(|| "an unknown time".to_owned(), time::format)
+            ),
+            &b.legal_basis,
+        ),
+        Body::PersonalDataErased(b) => with_text(
+            String::from("erased the case's personal data"),
+            &b.legal_basis,
+        ),
     }
 }

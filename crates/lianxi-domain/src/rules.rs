@@ -2,8 +2,8 @@
 
 use lianxi_proto::Timestamp;
 use lianxi_proto::v1::{
-    Agency, CaseView, Event, InvolvementState, OrderChange, OrderDecision, RejectionCode,
-    event::Body,
+    Agency, CaseView, Event, InvolvementState, OrderChange, OrderDecision, PersonalDataState,
+    RejectionCode, event::Body,
 };
 
 use crate::agency::{agency_name, agency_object, agency_object_i32, shorten};
@@ -54,7 +54,11 @@ fn permitted_emitters(body: &Body) -> Option<&'static [Agency]> {
         Body::LegalAidApplied(_) | Body::LegalAidDecided(_) | Body::LawyerAssigned(_) => {
             Some(JUSTICE)
         }
-        Body::CaseListed(_) | Body::MeetingHeld(_) | Body::ActionAgreed(_) => Some(COMMITTEE),
+        Body::CaseListed(_)
+        | Body::MeetingHeld(_)
+        | Body::ActionAgreed(_)
+        | Body::PersonalDataRestricted(_)
+        | Body::PersonalDataErased(_) => Some(COMMITTEE),
         _ => None,
     }
 }
@@ -131,7 +135,11 @@ pub fn decide(
         ));
     }
     let reopening = matches!(body, Body::CaseReopened(_)) && !correction;
-    if view.closed_at.is_some() && !reopening {
+    let personal_data = matches!(
+        body,
+        Body::PersonalDataRestricted(_) | Body::PersonalDataErased(_)
+    );
+    if view.closed_at.is_some() && !reopening && !personal_data {
         return Err(reject(
             RejectionCode::CaseClosed,
             format!(
@@ -180,7 +188,17 @@ pub fn decide(
             ),
         ));
     }
+    personal_data_rules(view, event)?;
     if correction {
+        if personal_data {
+            return Err(reject(
+                RejectionCode::BadCorrection,
+                format!(
+                    "{} cannot be corrected; send a new one (a later restriction extends a legal hold)",
+                    body_kind(body)
+                ),
+            ));
+        }
         check_correction(view, event, body, corrected)?;
         return correction_rules(ctx, view, body, corrected);
     }
@@ -746,6 +764,75 @@ fn body_rules(
             RejectionCode::Conflict,
             format!("case {case} is not closed, so it cannot be reopened"),
         )),
+        _ => Ok(()),
+    }
+}
+
+/// Once a case's personal data is restricted or erased, no new personal
+/// values may arrive for it; a restriction cannot follow an erasure; an
+/// erasure must wait for the legal hold to end.
+fn personal_data_rules(view: &CaseView, event: &Event) -> Result<(), Rejection> {
+    let case = &view.case_id;
+    let state = crate::personal::state_of(view.personal_data);
+    let since = view
+        .personal_data_changed_at
+        .as_ref()
+        .map(time::format)
+        .unwrap_or_default();
+    let until = view
+        .retain_until
+        .as_ref()
+        .map(time::format)
+        .unwrap_or_default();
+    let paths = crate::personal::personal_paths(event);
+    if state != PersonalDataState::Active && !paths.is_empty() {
+        let why = if state == PersonalDataState::Erased {
+            format!("was erased on {since}")
+        } else {
+            format!("is under legal hold until {until}, blocked from every use but storage")
+        };
+        return Err(reject(
+            RejectionCode::NotPermitted,
+            format!(
+                "case {case}'s personal data {why}, so no new personal data may be added; send the event again under a new event id without {}",
+                paths.join(", ")
+            ),
+        ));
+    }
+    let at = event.occurred_at.unwrap_or_default();
+    match &event.body {
+        Some(Body::PersonalDataRestricted(_) | Body::PersonalDataErased(_))
+            if state == PersonalDataState::Erased =>
+        {
+            Err(reject(
+                RejectionCode::Conflict,
+                format!("case {case}'s personal data was already erased on {since}"),
+            ))
+        }
+        Some(Body::PersonalDataRestricted(b)) => match &b.retain_until {
+            Some(t) => after(
+                t,
+                &at,
+                "personal_data_restricted.retain_until",
+                "the restriction",
+            ),
+            None => Ok(()),
+        },
+        Some(Body::PersonalDataErased(_))
+            if state == PersonalDataState::LegalHold
+                && view
+                    .retain_until
+                    .as_ref()
+                    .is_some_and(|t| time::before(&at, t)) =>
+        {
+            Err(reject(
+                RejectionCode::NotPermitted,
+                format!(
+                    "case {case}'s personal data is under legal hold until {until} ({}); erase it after then",
+                    shorten(&view.personal_data_basis)
+                ),
+            ))
+        }
         _ => Ok(()),
     }
 }

@@ -224,6 +224,9 @@ pub(crate) fn check_event(event: &Event) -> Result<(), Rejection> {
     check_body(agency, body)
 }
 
+/// The most children one opening may record.
+const MAX_CHILDREN: usize = 20;
+
 fn check_body(agency: Agency, body: &Body) -> Result<(), Rejection> {
     const CHANNELS: &str = "a channel such as hotline_12338, walk_in or letter";
     const OUTCOMES: &str = "done, not_possible or not_undertaken";
@@ -247,7 +250,28 @@ fn check_body(agency: Agency, body: &Body) -> Result<(), Rejection> {
                 &b.mandatory_reporter,
                 "case_opened.mandatory_reporter",
                 None,
-            )
+            )?;
+            if let Some(p) = &b.person {
+                text(&p.name, "case_opened.person.name", None)?;
+                text(&p.id_number, "case_opened.person.id_number", None)?;
+                text(&p.phone, "case_opened.person.phone", None)?;
+                text(&p.address, "case_opened.person.address", None)?;
+            }
+            if b.children.len() > MAX_CHILDREN {
+                return Err(invalid(
+                    "case_opened.children",
+                    &format!(
+                        "has {} entries; at most {MAX_CHILDREN} children can be recorded in one event",
+                        b.children.len()
+                    ),
+                ));
+            }
+            for c in &b.children {
+                text(&c.name, "case_opened.children.name", None)?;
+                text(&c.birth_date, "case_opened.children.birth_date", None)?;
+                text(&c.note, "case_opened.children.note", None)?;
+            }
+            Ok(())
         }
         Body::RiskAssessed(b) => {
             required_enum::<RiskLevel>(b.level, "risk_assessed.level", "standard, medium or high")?;
@@ -514,5 +538,34 @@ fn check_body(agency: Agency, body: &Body) -> Result<(), Rejection> {
             "case_reopened.reason",
             Some("say why the case is reopened"),
         ),
+        Body::PersonalDataRestricted(b) => {
+            text(
+                &b.legal_basis,
+                "personal_data_restricted.legal_basis",
+                Some("name the law or decision that requires keeping the data"),
+            )?;
+            timestamp(
+                b.retain_until.as_ref(),
+                "personal_data_restricted.retain_until",
+                Some("say when the retention period ends"),
+            )?;
+            text(
+                &b.authorised_by,
+                "personal_data_restricted.authorised_by",
+                Some("give the staff reference of the official who authorised it"),
+            )
+        }
+        Body::PersonalDataErased(b) => {
+            text(
+                &b.legal_basis,
+                "personal_data_erased.legal_basis",
+                Some("say why erasure is lawful, e.g. the person's request or PIPL art. 47"),
+            )?;
+            text(
+                &b.authorised_by,
+                "personal_data_erased.authorised_by",
+                Some("give the staff reference of the official who authorised it"),
+            )
+        }
     }
 }

@@ -10,8 +10,8 @@ use lianxi_proto::Timestamp;
 use lianxi_proto::v1::{
     Action, Agency, AgencyInvolvement, Area, CaseView, Channel, ConsentStatus, CoordinatedStatus,
     Event, Flags, InvolvementState, LabourInspection, LegalAidApplication, Meeting, Obligation,
-    ObligationKind, OrderChange, OrderDecision, ProtectionOrder, Referral, RiskLevel, Role,
-    event::Body,
+    ObligationKind, OrderChange, OrderDecision, PersonalDataState, ProtectionOrder, Referral,
+    RiskLevel, Role, Sealed, event::Body,
 };
 
 use crate::agency::agency_name;
@@ -29,6 +29,7 @@ struct Applied<'e> {
     event: &'e Event,
     agency: Agency,
     at: Timestamp,
+    sealed: &'e [Sealed],
 }
 
 /// Applies an accepted event to the case view (`None` before the opening).
@@ -36,7 +37,7 @@ pub fn apply(
     ctx: &Context<'_>,
     view: Option<CaseView>,
     event: &Event,
-    meta: &EntryMeta,
+    meta: &EntryMeta<'_>,
 ) -> CaseView {
     let mut v = view.unwrap_or_else(|| CaseView {
         case_id: event.case_id.clone(),
@@ -46,6 +47,7 @@ pub fn apply(
         event,
         agency: Agency::try_from(event.agency).unwrap_or(Agency::Unspecified),
         at: event.occurred_at.unwrap_or_default(),
+        sealed: meta.sealed,
     };
     v.case_sequence = meta.case_sequence;
     v.last_global_sequence = meta.global_sequence;
@@ -570,6 +572,27 @@ fn apply_body(ctx: &Context<'_>, v: &mut CaseView, e: &Applied<'_>, body: &Body)
             }
             false
         }
+        Body::PersonalDataRestricted(b) => {
+            acted = false;
+            v.personal_data = PersonalDataState::LegalHold as i32;
+            v.personal_data_basis = b.legal_basis.clone();
+            v.personal_data_changed_at = Some(at);
+            v.retain_until = b.retain_until;
+            false
+        }
+        Body::PersonalDataErased(b) => {
+            acted = false;
+            v.personal_data = PersonalDataState::Erased as i32;
+            v.personal_data_basis = b.legal_basis.clone();
+            v.personal_data_changed_at = Some(at);
+            v.retain_until = None;
+            // The ciphertexts are unreadable now; the view stops carrying
+            // them and keeps only which fields there were.
+            for s in &mut v.personal {
+                s.ciphertext.clear();
+            }
+            false
+        }
         Body::CaseReopened(_) => {
             v.closed_at = None;
             v.closure_outcome = 0;
@@ -606,8 +629,19 @@ fn open_case(
     v.jurisdiction = b.jurisdiction.clone();
     v.level = b.level;
     v.summary = b.summary.clone();
-    v.person_ref = b.person_ref.clone();
-    v.mandatory_reporter = b.mandatory_reporter.clone();
+    // The person reference and the mandatory reporter stay sealed: the view
+    // keeps the entry's ciphertexts, never the values.
+    v.personal = e
+        .sealed
+        .iter()
+        .filter(|s| crate::personal::VIEW_PERSONAL_PATHS.contains(&s.path.as_str()))
+        .map(|s| Sealed {
+            path: s.path.clone(),
+            ciphertext: s.ciphertext.clone(),
+            event_id: e.event.event_id.clone(),
+            ..Sealed::default()
+        })
+        .collect();
     v.first_contact = e.agency as i32;
     v.lead = e.agency as i32;
     v.opened_at = Some(at);

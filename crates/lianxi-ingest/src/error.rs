@@ -14,6 +14,8 @@ pub enum Error {
     Receipts(String),
     #[error("the log writer task failed: {0}")]
     Task(String),
+    #[error("the key store: {0}")]
+    Keys(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

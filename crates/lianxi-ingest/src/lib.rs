@@ -11,11 +11,13 @@
 mod error;
 mod receipts;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull::OrderedConfig, stream};
 use futures::StreamExt;
-use lianxi_log::{GroupReport, Incoming, Log};
+use lianxi_crypto::KeyStore;
+use lianxi_log::{EventOutcome, GroupKeys, GroupReport, Incoming, Log};
 use lianxi_proto::Timestamp;
 use tokio::sync::watch;
 
@@ -29,6 +31,8 @@ pub use receipts::{
 pub const STREAM_NAME: &str = "LIANXI_EVENTS";
 /// The subjects the stream captures: `lianxi.v1.events.<agency>.<case_id>`.
 pub const STREAM_SUBJECTS: &str = "lianxi.v1.events.>";
+/// The subject prefix of the events, before `.<agency>.<case_id>`.
+pub const EVENTS_PREFIX: &str = "lianxi.v1.events";
 
 /// How the node reads and groups events.
 #[derive(Debug, Clone)]
@@ -75,6 +79,7 @@ pub async fn ensure_stream(js: &jetstream::Context, replicas: usize) -> Result<s
 pub async fn run(
     js: jetstream::Context,
     log: Log,
+    keys: Arc<KeyStore>,
     config: IngestConfig,
     applied: watch::Sender<Option<GroupReport>>,
     mut shutdown: watch::Receiver<bool>,
@@ -85,8 +90,11 @@ pub async fn run(
         if *shutdown.borrow() {
             return Ok(());
         }
-        match read_from_checkpoint(&stream, &log, &config, &applied, &mut shutdown).await {
+        match read_from_checkpoint(&stream, &log, &keys, &config, &applied, &mut shutdown).await {
             Ok(()) => return Ok(()),
+            Err(Error::Log(lianxi_log::Error::KeyUnavailable { what })) => {
+                tracing::warn!(%what, "a key was missing when the group was written; fetching it again");
+            }
             Err(Error::Log(e)) => return Err(Error::Log(e)),
             Err(e) => {
                 tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "reading the stream failed; resuming from the checkpoint");
@@ -103,6 +111,7 @@ pub async fn run(
 async fn read_from_checkpoint(
     stream: &stream::Stream,
     log: &Log,
+    keys: &KeyStore,
     config: &IngestConfig,
     applied: &watch::Sender<Option<GroupReport>>,
     shutdown: &mut watch::Receiver<bool>,
@@ -145,26 +154,63 @@ async fn read_from_checkpoint(
                 Ok(Some(Ok(m))) => group.push(incoming(&m)?),
                 Ok(Some(Err(e))) => {
                     // Apply what we have; the next consumer resumes after it.
-                    apply(log, group, applied).await?;
+                    apply(log, keys, group, applied).await?;
                     return Err(Error::Consumer(e.to_string()));
                 }
                 Ok(None) | Err(_) => break,
             }
         }
-        apply(log, group, applied).await?;
+        apply(log, keys, group, applied).await?;
     }
 }
 
 async fn apply(
     log: &Log,
+    keys: &KeyStore,
     group: Vec<Incoming>,
     applied: &watch::Sender<Option<GroupReport>>,
 ) -> Result<()> {
-    let log = log.clone();
     let n = group.len();
-    let report = tokio::task::spawn_blocking(move || log.append_group(&group))
+    // Fetch (or create) the keys the group will seal with before the
+    // blocking write: the log never waits on the network.
+    let group = Arc::new(group);
+    let needed = {
+        let (log, group) = (log.clone(), group.clone());
+        tokio::task::spawn_blocking(move || log.keys_needed(&group))
+            .await
+            .map_err(|e| Error::Task(e.to_string()))??
+    };
+    let mut group_keys = GroupKeys::new();
+    if needed.index {
+        group_keys.set_index(
+            keys.index_key()
+                .await
+                .map_err(|e| Error::Keys(e.to_string()))?,
+        );
+    }
+    for case in &needed.cases {
+        let key = keys
+            .ensure_case_key(case)
+            .await
+            .map_err(|e| Error::Keys(e.to_string()))?;
+        group_keys.insert_case(case, key);
+    }
+    let log = log.clone();
+    let report = tokio::task::spawn_blocking(move || log.append_group(&group, &group_keys))
         .await
         .map_err(|e| Error::Task(e.to_string()))??;
+    // Every node drops an erased case's key as it applies the erasure; the
+    // key store and the bus are cleaned by `run_erasures`.
+    for (_, outcome) in &report.outcomes {
+        if let EventOutcome::Accepted {
+            case_id,
+            erased: true,
+            ..
+        } = outcome
+        {
+            keys.forget(case_id);
+        }
+    }
     tracing::debug!(
         events = n,
         stream_sequence = report.checkpoint.stream_sequence,
@@ -173,6 +219,82 @@ async fn apply(
     );
     applied.send_replace(Some(report));
     Ok(())
+}
+
+/// Finishes every erasure the log has recorded and this node has not yet
+/// carried out: destroys the case's key in the key store and purges the
+/// case's messages before the erasure from the events stream. Runs at
+/// start, after every group that erased a case, and every `retry` while one
+/// is left (a key store that was unreachable is tried again). Both steps
+/// are idempotent, so every node may run them.
+pub async fn run_erasures(
+    js: jetstream::Context,
+    log: Log,
+    keys: Arc<KeyStore>,
+    mut applied: watch::Receiver<Option<GroupReport>>,
+    retry: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<()> {
+    loop {
+        let pending = {
+            let log = log.clone();
+            tokio::task::spawn_blocking(move || log.pending_erasures())
+                .await
+                .map_err(|e| Error::Task(e.to_string()))??
+        };
+        let mut left = false;
+        for (case_id, erasure_sequence) in pending {
+            match erase(&js, &keys, &case_id, erasure_sequence).await {
+                Ok(purged) => {
+                    let log2 = log.clone();
+                    let case2 = case_id.clone();
+                    tokio::task::spawn_blocking(move || log2.erasure_done(&case2))
+                        .await
+                        .map_err(|e| Error::Task(e.to_string()))??;
+                    tracing::info!(case_id = %case_id, purged_messages = purged, "personal data erased: key destroyed, bus purged");
+                }
+                Err(e) => {
+                    left = true;
+                    tracing::warn!(case_id = %case_id, error = %e, retry_in_s = retry.as_secs(), "erasure not finished; trying again");
+                }
+            }
+        }
+        let wait = if left {
+            retry
+        } else {
+            Duration::from_secs(3600)
+        };
+        tokio::select! {
+            changed = applied.changed() => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+            }
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.changed() => return Ok(()),
+        }
+        if *shutdown.borrow() {
+            return Ok(());
+        }
+    }
+}
+
+async fn erase(
+    js: &jetstream::Context,
+    keys: &KeyStore,
+    case_id: &str,
+    erasure_sequence: u64,
+) -> Result<u64> {
+    keys.destroy_case_key(case_id)
+        .await
+        .map_err(|e| Error::Keys(e.to_string()))?;
+    let stream = js
+        .get_stream(STREAM_NAME)
+        .await
+        .map_err(|e| Error::Stream(e.to_string()))?;
+    lianxi_crypto::purge_case_messages(&stream, EVENTS_PREFIX, case_id, erasure_sequence)
+        .await
+        .map_err(|e| Error::Keys(e.to_string()))
 }
 
 fn incoming(m: &jetstream::Message) -> Result<Incoming> {

@@ -29,6 +29,10 @@ use lianxi_log::{
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+/// Keys derived from a fixed seed: these runs have no key store.
+static TEST_KEYS: std::sync::LazyLock<lianxi_log::GroupKeys> =
+    std::sync::LazyLock::new(|| lianxi_log::GroupKeys::derived("lianxi-test"));
+
 const GROUP: u64 = 512;
 const CASES: u64 = 10_000;
 const SAMPLES: usize = 10_000;
@@ -48,6 +52,8 @@ fn incoming(i: u64) -> Incoming {
             person_ref: format!("P-{i}"),
             summary: "caller reports violence at home; two children".into(),
             mandatory_reporter: String::new(),
+            person: None,
+            children: Vec::new(),
         })
     } else {
         Body::ProgressReported(pb::ProgressReported {
@@ -146,7 +152,7 @@ fn main() {
     let mut i = 0;
     while i < n {
         let group: Vec<Incoming> = (i..(i + GROUP).min(n)).map(incoming).collect();
-        log.append_group(&group).unwrap();
+        log.append_group(&group, &TEST_KEYS).unwrap();
         i += GROUP;
     }
     let build = start.elapsed();

@@ -15,6 +15,10 @@ use std::time::Instant;
 
 use sled::Transactional;
 
+/// Keys derived from a fixed seed: these runs have no key store.
+static TEST_KEYS: std::sync::LazyLock<lianxi_log::GroupKeys> =
+    std::sync::LazyLock::new(|| lianxi_log::GroupKeys::derived("lianxi-test"));
+
 fn record(i: u64) -> Vec<u8> {
     let mut v = format!("event-{i:012}-").into_bytes();
     v.resize(300, b'x');
@@ -111,6 +115,8 @@ fn append_group(n: u64, group: usize) -> f64 {
                     person_ref: format!("P-{i}"),
                     summary: "caller reports violence at home; two children".into(),
                     mandatory_reporter: String::new(),
+                    person: None,
+                    children: Vec::new(),
                 })
             } else {
                 Body::ProgressReported(pb::ProgressReported {
@@ -138,7 +144,7 @@ fn append_group(n: u64, group: usize) -> f64 {
         .collect();
     let start = Instant::now();
     for chunk in msgs.chunks(group) {
-        log.append_group(chunk).unwrap();
+        log.append_group(chunk, &TEST_KEYS).unwrap();
     }
     let rate = n as f64 / start.elapsed().as_secs_f64();
     assert_eq!(log.checkpoint().global_sequence, n);

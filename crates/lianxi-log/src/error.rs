@@ -20,6 +20,12 @@ pub enum Error {
         value: u64,
         size: u64,
     },
+    /// A group needs a key the caller did not supply. Nothing was written;
+    /// fetch the key from the key store and apply the group again.
+    #[error(
+        "{what} is not available; nothing was written. Check that the node reaches the key store, then the group is applied again"
+    )]
+    KeyUnavailable { what: String },
 }
 
 fn range_bound(what: &str, size: u64) -> String {

@@ -13,11 +13,15 @@ pub(crate) const VIEW: u8 = b'V';
 pub(crate) const REJECTION: u8 = b'R';
 /// `U` + stream sequence -> `DuplicateRecord`.
 pub(crate) const DUPLICATE: u8 = b'U';
-/// `P` + person ref -> latest case opened for that person (derived, rebuilt).
+/// `P` + person token (hex of `LogEntry.person_token`, an HMAC of the person
+/// reference under the index key; never the reference) -> latest case
+/// opened for that person, removed when that case's personal data is erased
+/// (derived, rebuilt).
 pub(crate) const PERSON: u8 = b'P';
-/// `H` + SHA-256(person ref)[..16] + global sequence -> the case that
-/// opening made the person's latest (derived, rebuilt): the person index's
-/// history, so a past view can be rebuilt exactly.
+/// `H` + SHA-256(person token)[..16] + global sequence -> the case that
+/// opening made the person's latest, or empty where an erasure ended it
+/// (derived, rebuilt): the person index's history, so a past view can be
+/// rebuilt exactly.
 pub(crate) const PERSON_HISTORY: u8 = b'H';
 
 pub(crate) fn person_history_prefix(person: &str) -> Vec<u8> {
@@ -67,6 +71,10 @@ pub(crate) const SIGNED_CHECKPOINT: u8 = b'Q';
 pub(crate) const BY_STREAM: u8 = b'S';
 /// `X` + event id -> stream sequence of the latest rejection of that id.
 pub(crate) const REJECTED_ID: u8 = b'X';
+/// `E` + case id -> the stream sequence of the case's erasure, written with
+/// the erasure and removed once this node has destroyed the key and purged
+/// the bus (node-local progress, like the receipts mark; not rebuilt).
+pub(crate) const ERASURE_PENDING: u8 = b'E';
 /// `M` + name -> metadata: the checkpoint.
 pub(crate) const CHECKPOINT: &[u8] = b"Mcheckpoint";
 /// `M` + name -> metadata: the last stream sequence whose receipt the bus

@@ -29,8 +29,8 @@ pub use checkpoint::{
 };
 pub use error::{Error, Location, Result};
 pub use log::{
-    EventOutcome, GroupReport, Incoming, Log, MAX_EVENT_BYTES, RebuildReport, StoredCheckpoint,
-    Tamper, VerifyReport, entry_hash,
+    EventOutcome, GroupKeys, GroupReport, Incoming, KeysNeeded, Log, MAX_EVENT_BYTES,
+    RebuildReport, StoredCheckpoint, Tamper, VerifyReport, entry_hash,
 };
 pub use merkle::{Hash, empty_root, leaf_hash, node_hash, verify_consistency, verify_inclusion};
 pub use receipts::rejected as rejection_receipt;

@@ -2,11 +2,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use lianxi_crypto::{DataKey, IndexKey};
 use lianxi_domain::{Context, EntryMeta, Policy, PriorCase, Rejection};
 use lianxi_proto::Timestamp;
 use lianxi_proto::v1::{
     CaseView, Checkpoint, DuplicateRecord, Event, LogEntry, Receipt, RejectionCode,
-    RejectionRecord, event::Body,
+    RejectionRecord, Sealed, event::Body,
 };
 use prost::Message;
 use sha2::{Digest, Sha256};
@@ -63,6 +64,93 @@ pub struct Incoming {
     pub payload: Vec<u8>,
 }
 
+/// The keys a group needs to seal personal values: each case's data key
+/// and the city's index key (for person tokens). Kept in memory only; the
+/// caller fetches them from the key store (see `Log::keys_needed`).
+#[derive(Default, Clone)]
+pub struct GroupKeys {
+    cases: HashMap<String, Arc<DataKey>>,
+    index: Option<Arc<IndexKey>>,
+    /// Tests and benchmarks without a key store: every key derived from
+    /// this seed.
+    derive: Option<[u8; 32]>,
+}
+
+impl GroupKeys {
+    pub fn new() -> Self {
+        GroupKeys::default()
+    }
+
+    pub fn insert_case(&mut self, case_id: &str, key: Arc<DataKey>) {
+        self.cases.insert(case_id.to_owned(), key);
+    }
+
+    pub fn set_index(&mut self, key: Arc<IndexKey>) {
+        self.index = Some(key);
+    }
+
+    /// Keys derived from `seed` for every case and the index, for tests
+    /// and benchmarks that run without a key store. Never used by a node.
+    #[doc(hidden)]
+    pub fn derived(seed: &str) -> Self {
+        GroupKeys {
+            derive: Some(Sha256::digest(seed.as_bytes()).into()),
+            ..GroupKeys::default()
+        }
+    }
+
+    /// The key `derived(seed)` uses for a case.
+    #[doc(hidden)]
+    pub fn derived_case_key(seed: &str, case_id: &str) -> Arc<DataKey> {
+        let seed: [u8; 32] = Sha256::digest(seed.as_bytes()).into();
+        Arc::new(derive_key(&seed, "case", case_id))
+    }
+
+    fn case(&self, case_id: &str) -> Result<Arc<DataKey>> {
+        if let Some(k) = self.cases.get(case_id) {
+            return Ok(k.clone());
+        }
+        match &self.derive {
+            Some(seed) => Ok(Arc::new(derive_key(seed, "case", case_id))),
+            None => Err(Error::KeyUnavailable {
+                what: format!("the data key of case {case_id}"),
+            }),
+        }
+    }
+
+    fn index(&self) -> Result<Arc<IndexKey>> {
+        if let Some(k) = &self.index {
+            return Ok(k.clone());
+        }
+        match &self.derive {
+            Some(seed) => Ok(Arc::new(IndexKey::from_bytes(
+                *derive_key(seed, "index", "").as_bytes(),
+            ))),
+            None => Err(Error::KeyUnavailable {
+                what: "the index key".into(),
+            }),
+        }
+    }
+}
+
+fn derive_key(seed: &[u8; 32], what: &str, name: &str) -> DataKey {
+    let mut h = Sha256::new();
+    h.update(seed);
+    h.update(what.as_bytes());
+    h.update([0]);
+    h.update(name.as_bytes());
+    DataKey::from_bytes(h.finalize().into())
+}
+
+/// Which keys a group will need: the cases whose events carry personal
+/// values (and whose personal data is still active), and whether any
+/// opening names a person.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct KeysNeeded {
+    pub cases: Vec<String>,
+    pub index: bool,
+}
+
 /// What became of one incoming message.
 #[derive(Debug, Clone, PartialEq)]
 pub enum EventOutcome {
@@ -72,6 +160,9 @@ pub enum EventOutcome {
         global_sequence: u64,
         case_sequence: u64,
         hash: [u8; 32],
+        /// Set for an accepted `personal_data_erased`: the case's key must
+        /// now be destroyed and its messages purged from the bus.
+        erased: bool,
     },
     Duplicate {
         event_id: String,
@@ -222,7 +313,11 @@ impl Log {
     /// entry, view, rejection and duplicate record and the new checkpoint in
     /// one atomic batch, and flushes it before returning. Messages at or below
     /// the checkpoint are reported as already processed and change nothing.
-    pub fn append_group(&self, group: &[Incoming]) -> Result<GroupReport> {
+    ///
+    /// Personal values are sealed with the keys in `keys` before the entry
+    /// is hashed; a missing key is an error (`Error::KeyUnavailable`) and
+    /// nothing is written, so the caller can fetch it and try again.
+    pub fn append_group(&self, group: &[Incoming], keys: &GroupKeys) -> Result<GroupReport> {
         let mut cp = self.writer();
         // A log written before it kept a Merkle tree (or one whose tree was
         // damaged) must be rebuilt before it grows: say so before anything.
@@ -231,7 +326,7 @@ impl Log {
         {
             return Err(merkle::missing(0, last));
         }
-        let mut work = Group::new(self, cp.clone());
+        let mut work = Group::new(self, cp.clone(), keys);
         let mut outcomes = Vec::with_capacity(group.len());
         for msg in group {
             let outcome = work.process(msg)?;
@@ -252,6 +347,42 @@ impl Log {
             outcomes,
             checkpoint: cp.clone(),
         })
+    }
+
+    /// The keys `append_group` will need for this group: cases with
+    /// personal values in a well-formed event whose case's personal data is
+    /// not restricted or erased (those are refused, and must not get a new
+    /// key), and whether any opening names a person.
+    pub fn keys_needed(&self, group: &[Incoming]) -> Result<KeysNeeded> {
+        let mut needed = KeysNeeded::default();
+        let cp = self.checkpoint();
+        for msg in group {
+            if msg.stream_sequence <= cp.stream_sequence {
+                continue;
+            }
+            let Ok(event) = envelope(msg) else {
+                continue;
+            };
+            if person_key(&event).is_some() {
+                needed.index = true;
+            }
+            if needed.cases.contains(&event.case_id)
+                || !lianxi_domain::personal::has_personal(&event)
+            {
+                continue;
+            }
+            let active = match self.case_view(&event.case_id)? {
+                Some(v) => {
+                    lianxi_domain::personal::state_of(v.personal_data)
+                        == lianxi_proto::v1::PersonalDataState::Active
+                }
+                None => true,
+            };
+            if active {
+                needed.cases.push(event.case_id.clone());
+            }
+        }
+        Ok(needed)
     }
 
     /// The current view of a case.
@@ -327,8 +458,8 @@ impl Log {
                 }
                 after = entry.case_sequence;
                 let event = entry.event.clone().unwrap_or_default();
-                let prior = match person_key(&event) {
-                    Some(p) => self.prior_before(p, entry.global_sequence)?,
+                let prior = match entry_person(&entry) {
+                    Some(p) => self.prior_before(&p, entry.global_sequence)?,
                     None => None,
                 };
                 let ctx = Context {
@@ -339,6 +470,7 @@ impl Log {
                     global_sequence: entry.global_sequence,
                     case_sequence: entry.case_sequence,
                     recorded_at: entry.recorded_at.unwrap_or_default(),
+                    sealed: &entry.sealed,
                 };
                 view = Some(lianxi_domain::apply(&ctx, view, &event, &meta));
                 last = entry.global_sequence;
@@ -355,6 +487,8 @@ impl Log {
         let start = keys::person_history_prefix(person);
         let end = keys::person_history(person, global_sequence);
         match self.inner.tree.range(start..end).next_back() {
+            // An erasure ends the person's link to the erased case.
+            Some(Ok((_, v))) if v.is_empty() => Ok(None),
             Some(item) => {
                 let (k, v) = item?;
                 decode_prior(&v).map(Some).ok_or_else(|| Error::Corruption {
@@ -519,6 +653,31 @@ impl Log {
             .unwrap_or(0))
     }
 
+    /// Erasures whose side effects this node has not finished: each case
+    /// with the stream sequence of its `personal_data_erased` event.
+    pub fn pending_erasures(&self) -> Result<Vec<(String, u64)>> {
+        let mut out = Vec::new();
+        for item in self.inner.tree.scan_prefix([keys::ERASURE_PENDING]) {
+            let (k, v) = item?;
+            let case = String::from_utf8_lossy(&k[1..]).into_owned();
+            let seq = keys::be_u64(&v).ok_or_else(|| Error::Corruption {
+                at: Location::Key(hex::encode(&k)),
+                detail: "pending erasure record is malformed".into(),
+            })?;
+            out.push((case, seq));
+        }
+        Ok(out)
+    }
+
+    /// Records that the case's key is destroyed and its messages purged.
+    pub fn erasure_done(&self, case_id: &str) -> Result<()> {
+        self.inner
+            .tree
+            .remove(keys::named(keys::ERASURE_PENDING, case_id))?;
+        self.inner.db.flush()?;
+        Ok(())
+    }
+
     /// Records that receipts up to `stream_sequence` were acknowledged.
     pub fn set_receipts_sent(&self, stream_sequence: u64) -> Result<()> {
         self.inner
@@ -535,7 +694,9 @@ impl Log {
         let tree = &self.inner.tree;
         let mut views: BTreeMap<String, CaseView> = BTreeMap::new();
         let mut persons: BTreeMap<String, PriorCase> = BTreeMap::new();
-        let mut history = Vec::new();
+        // The person token of each case's opening, for erasures.
+        let mut case_persons: HashMap<String, String> = HashMap::new();
+        let mut history: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         let mut entries = 0u64;
         let mut frontier = Frontier::default();
         let mut nodes = Vec::new();
@@ -558,7 +719,8 @@ impl Log {
             }
             nodes.extend(frontier.push(merkle::leaf_hash(&hash))?);
             let event = entry.event.clone().unwrap_or_default();
-            let prior = person_key(&event).and_then(|p| persons.get(p)).cloned();
+            let person = entry_person(&entry);
+            let prior = person.as_ref().and_then(|p| persons.get(p)).cloned();
             let ctx = Context {
                 policy: &self.inner.policy,
                 prior_case: prior.as_ref(),
@@ -567,15 +729,24 @@ impl Log {
                 global_sequence: entry.global_sequence,
                 case_sequence: entry.case_sequence,
                 recorded_at: entry.recorded_at.unwrap_or_default(),
+                sealed: &entry.sealed,
             };
             let view = views.remove(&event.case_id);
             let view = lianxi_domain::apply(&ctx, view, &event, &meta);
-            if let Some(p) = person_key(&event) {
-                persons.insert(p.to_owned(), prior_of(&view));
+            if let Some(p) = person {
+                persons.insert(p.clone(), prior_of(&view));
                 history.push((
-                    keys::person_history(p, entry.global_sequence),
-                    prior_of(&view),
+                    keys::person_history(&p, entry.global_sequence),
+                    encode_prior(&prior_of(&view)),
                 ));
+                case_persons.insert(event.case_id.clone(), p);
+            }
+            if is_erasure(&event)
+                && let Some(p) = case_persons.get(&event.case_id)
+                && persons.get(p).is_some_and(|x| x.case_id == event.case_id)
+            {
+                persons.remove(p);
+                history.push((keys::person_history(p, entry.global_sequence), Vec::new()));
             }
             views.insert(event.case_id.clone(), view);
             entries += 1;
@@ -593,8 +764,8 @@ impl Log {
         for (person, prior) in &persons {
             batch.insert(keys::named(keys::PERSON, person), encode_prior(prior));
         }
-        for (key, prior) in &history {
-            batch.insert(key.as_slice(), encode_prior(prior));
+        for (key, value) in &history {
+            batch.insert(key.as_slice(), value.as_slice());
         }
         for (level, index, hash) in &nodes {
             batch.insert(&keys::tree_node(*level, *index), hash);
@@ -981,14 +1152,19 @@ struct Group<'a> {
     batch: sled::Batch,
     views: HashMap<String, CaseView>,
     dedup: HashMap<String, u64>,
-    persons: HashMap<String, PriorCase>,
+    /// Person index changes: the person's latest case, or `None` when an
+    /// erasure removed it.
+    persons: HashMap<String, Option<PriorCase>>,
+    /// The person token of openings applied in this group, by case.
+    case_persons: HashMap<String, String>,
     events: HashMap<String, Event>,
+    keys: &'a GroupKeys,
     /// Merkle tree nodes written by earlier entries of this group.
     nodes: HashMap<(u8, u64), Hash>,
 }
 
 impl<'a> Group<'a> {
-    fn new(log: &'a Log, cp: Checkpoint) -> Self {
+    fn new(log: &'a Log, cp: Checkpoint, keys: &'a GroupKeys) -> Self {
         Group {
             log,
             cp,
@@ -996,7 +1172,9 @@ impl<'a> Group<'a> {
             views: HashMap::new(),
             dedup: HashMap::new(),
             persons: HashMap::new(),
+            case_persons: HashMap::new(),
             events: HashMap::new(),
+            keys,
             nodes: HashMap::new(),
         }
     }
@@ -1012,8 +1190,11 @@ impl<'a> Group<'a> {
                 .insert(keys::named(keys::VIEW, case), view.encode_to_vec());
         }
         for (person, prior) in &self.persons {
-            self.batch
-                .insert(keys::named(keys::PERSON, person), encode_prior(prior));
+            let key = keys::named(keys::PERSON, person);
+            match prior {
+                Some(p) => self.batch.insert(key, encode_prior(p)),
+                None => self.batch.remove(key),
+            }
         }
         self.batch.insert(keys::CHECKPOINT, self.cp.encode_to_vec());
         (self.batch, self.cp)
@@ -1067,13 +1248,24 @@ impl<'a> Group<'a> {
         event: Option<Event>,
         rejection: Rejection,
     ) -> EventOutcome {
+        // A rejection keeps no personal values: an event that decoded is
+        // kept re-encoded with them emptied; bytes that are not an event are
+        // kept as they came (cut), since nothing can be found in them.
+        let raw = match &event {
+            Some(e) => {
+                let mut e = e.clone();
+                lianxi_crypto::strip(&mut e);
+                e.encode_to_vec()
+            }
+            None => msg.payload[..msg.payload.len().min(MAX_EVENT_BYTES)].to_vec(),
+        };
         let record = RejectionRecord {
             stream_sequence: msg.stream_sequence,
             subject: msg.subject.clone(),
             recorded_at: Some(msg.recorded_at),
             code: rejection.code as i32,
             reason: rejection.reason.clone(),
-            raw: msg.payload[..msg.payload.len().min(MAX_EVENT_BYTES)].to_vec(),
+            raw,
             event_id: event
                 .as_ref()
                 .map(|e| e.event_id.clone())
@@ -1115,7 +1307,8 @@ impl<'a> Group<'a> {
             Some(id) => self.find_event(id)?,
             None => None,
         };
-        let prior = self.prior(&event)?;
+        let person = self.person_of(&event)?;
+        let prior = self.prior(person.as_deref())?;
         let ctx = Context {
             policy: &self.log.inner.policy,
             prior_case: prior.as_ref(),
@@ -1128,11 +1321,20 @@ impl<'a> Group<'a> {
         )
     }
 
-    fn accept(&mut self, msg: &Incoming, event: Event) -> Result<EventOutcome> {
+    fn accept(&mut self, msg: &Incoming, mut event: Event) -> Result<EventOutcome> {
         let view = self.view(&event.case_id)?;
-        let prior = self.prior(&event)?;
+        let person = self.person_of(&event)?;
+        let prior = self.prior(person.as_deref())?;
         let global_sequence = self.cp.global_sequence + 1;
         let case_sequence = view.as_ref().map_or(0, |v| v.case_sequence) + 1;
+        // Seal before hashing: from here on the event holds no personal
+        // value, and the entry holds them encrypted under the case key.
+        let sealed: Vec<Sealed> = if lianxi_domain::personal::has_personal(&event) {
+            let key = self.keys.case(&event.case_id)?;
+            lianxi_crypto::seal_entry(&mut event, &key)
+        } else {
+            Vec::new()
+        };
         let mut entry = LogEntry {
             global_sequence,
             case_sequence,
@@ -1142,6 +1344,11 @@ impl<'a> Group<'a> {
             event: Some(event.clone()),
             hash: Vec::new(),
             subject: msg.subject.clone(),
+            sealed,
+            person_token: person
+                .as_deref()
+                .map(|p| hex::decode(p).unwrap_or_default())
+                .unwrap_or_default(),
         };
         let hash = entry_hash(&entry);
         entry.hash = hash.to_vec();
@@ -1154,13 +1361,23 @@ impl<'a> Group<'a> {
             global_sequence,
             case_sequence,
             recorded_at: msg.recorded_at,
+            sealed: &entry.sealed,
         };
         let view = lianxi_domain::apply(&ctx, view, &event, &meta);
-        if let Some(p) = person_key(&event) {
-            self.persons.insert(p.to_owned(), prior_of(&view));
+        if let Some(p) = &person {
+            self.persons.insert(p.clone(), Some(prior_of(&view)));
+            self.case_persons.insert(event.case_id.clone(), p.clone());
             self.batch.insert(
                 keys::person_history(p, global_sequence),
                 encode_prior(&prior_of(&view)),
+            );
+        }
+        let erased = is_erasure(&event);
+        if erased {
+            self.forget_person(&event.case_id, global_sequence)?;
+            self.batch.insert(
+                keys::named(keys::ERASURE_PENDING, &event.case_id),
+                &msg.stream_sequence.to_be_bytes(),
             );
         }
         self.batch.insert(
@@ -1197,6 +1414,7 @@ impl<'a> Group<'a> {
             global_sequence,
             case_sequence,
             hash,
+            erased,
         };
         self.events.insert(event.event_id.clone(), event);
         Ok(outcome)
@@ -1249,12 +1467,45 @@ impl<'a> Group<'a> {
         }
     }
 
-    fn prior(&self, event: &Event) -> Result<Option<PriorCase>> {
-        let Some(p) = person_key(event) else {
+    /// The person token (hex) of a case opening that names a person.
+    fn person_of(&self, event: &Event) -> Result<Option<String>> {
+        match person_key(event) {
+            Some(p) => Ok(Some(hex::encode(lianxi_crypto::person_token(
+                self.keys.index()?.as_ref(),
+                p,
+            )))),
+            None => Ok(None),
+        }
+    }
+
+    /// After an erasure, the person index stops pointing at the case (if it
+    /// still does), and its history says so from this entry on.
+    fn forget_person(&mut self, case_id: &str, global_sequence: u64) -> Result<()> {
+        let person = match self.case_persons.get(case_id) {
+            Some(p) => Some(p.clone()),
+            None => self
+                .log
+                .case_entries(case_id, 0, 1)?
+                .first()
+                .and_then(entry_person),
+        };
+        let Some(p) = person else {
+            return Ok(());
+        };
+        if self.prior(Some(&p))?.is_some_and(|x| x.case_id == case_id) {
+            self.persons.insert(p.clone(), None);
+            self.batch
+                .insert(keys::person_history(&p, global_sequence), Vec::<u8>::new());
+        }
+        Ok(())
+    }
+
+    fn prior(&self, person: Option<&str>) -> Result<Option<PriorCase>> {
+        let Some(p) = person else {
             return Ok(None);
         };
         if let Some(prior) = self.persons.get(p) {
-            return Ok(Some(prior.clone()));
+            return Ok(prior.clone());
         }
         match self.tree().get(keys::named(keys::PERSON, p))? {
             Some(b) => decode_prior(&b).map(Some).ok_or_else(|| Error::Corruption {
@@ -1312,6 +1563,15 @@ fn person_key(event: &Event) -> Option<&str> {
         Some(Body::CaseOpened(_)) => lianxi_domain::person_ref(event),
         _ => None,
     }
+}
+
+/// The person token of a stored case opening, as the index's key (hex).
+fn entry_person(entry: &LogEntry) -> Option<String> {
+    (!entry.person_token.is_empty()).then(|| hex::encode(&entry.person_token))
+}
+
+fn is_erasure(event: &Event) -> bool {
+    event.corrects_event_id.is_none() && matches!(event.body, Some(Body::PersonalDataErased(_)))
 }
 
 fn prior_of(view: &CaseView) -> PriorCase {

@@ -270,6 +270,8 @@ impl CaseGen {
                 person_ref: person.to_owned(),
                 summary: summary(category).into(),
                 mandatory_reporter: reporter,
+                person: None,
+                children: Vec::new(),
             }),
         ) {
             return;

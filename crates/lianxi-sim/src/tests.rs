@@ -39,6 +39,7 @@ fn run(w: &Workload) -> (usize, usize, usize, BTreeSet<&'static str>) {
                     global_sequence: seq as u64 + 1,
                     case_sequence: view.as_ref().map_or(0, |v| v.case_sequence) + 1,
                     recorded_at: event.occurred_at.unwrap(),
+                    sealed: &[],
                 };
                 let new = lianxi_domain::apply(&ctx, view, &event, &meta);
                 if let Some(p) = person {

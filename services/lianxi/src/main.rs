@@ -75,6 +75,16 @@ enum Command {
         principals: Option<PathBuf>,
         #[command(flatten)]
         signing: SigningArgs,
+        #[command(flatten)]
+        keys: KeyArgs,
+    },
+    /// Make a key-encryption key (KEK) for the key store. Every node of a
+    /// city must start with the same one (`lianxi serve --kek-file FILE`):
+    /// it wraps the per-case data keys kept in JetStream.
+    Kek {
+        /// Where to write the key (never overwritten; mode 0600).
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Make a checkpoint signing key for a node and print its verifier key
     /// (give that to auditors for `lianxi verify --node ... --key ...`).
@@ -322,6 +332,19 @@ enum Command {
     },
 }
 
+#[derive(Debug, clap::Args, Clone)]
+struct KeyArgs {
+    /// The key-encryption key that wraps the per-case data keys (64 hex
+    /// characters, from `lianxi kek --out FILE`); the same file on every
+    /// node. Without it the node creates `kek.key` in its data directory on
+    /// first start, which only suits a single development node.
+    #[arg(long, env = "LIANXI_KEK_FILE")]
+    kek_file: Option<PathBuf>,
+    /// The JetStream key-value bucket that holds the wrapped data keys.
+    #[arg(long, env = "LIANXI_KEY_BUCKET", default_value = "lianxi_keys")]
+    key_bucket: String,
+}
+
 /// The default log origin (the checkpoints' first line and the key name).
 const DEFAULT_ORIGIN: &str = "lianxi.local/log";
 
@@ -385,8 +408,11 @@ fn main() -> std::process::ExitCode {
                 receipts_window_secs,
                 principals,
                 signing,
+                keys,
             } => {
                 serve::run(serve::ServeConfig {
+                    kek_file: keys.kek_file,
+                    key_bucket: keys.key_bucket,
                     signing_key: signing.signing_key,
                     log_origin: signing.log_origin,
                     checkpoint_interval: std::time::Duration::from_secs(
@@ -500,6 +526,7 @@ fn main() -> std::process::ExitCode {
             }
             Command::Rebuild { data } => offline::rebuild(&data.data_dir, data.policy.as_deref()),
             Command::Keygen { origin, out } => proof::keygen(&origin, &out),
+            Command::Kek { out } => serve::kek(&out),
             Command::Export {
                 node,
                 out,

@@ -32,6 +32,44 @@ pub(crate) struct ServeConfig {
     pub(crate) signing_key: Option<PathBuf>,
     pub(crate) log_origin: String,
     pub(crate) checkpoint_interval: Duration,
+    pub(crate) kek_file: Option<PathBuf>,
+    pub(crate) key_bucket: String,
+}
+
+/// How often an unfinished erasure (key store or bus unreachable) is tried
+/// again.
+const ERASURE_RETRY: Duration = Duration::from_secs(10);
+
+/// `lianxi kek --out FILE`.
+pub(crate) fn kek(out: &std::path::Path) -> Result<()> {
+    let kek = lianxi_crypto::Kek::generate();
+    crate::proof::write_secret(out, &format!("{}\n", kek.to_hex()))?;
+    eprintln!(
+        "wrote a key-encryption key (fingerprint {}) to {}; keep it secret, give every node the same file with --kek-file {1}",
+        kek.fingerprint(),
+        out.display()
+    );
+    Ok(())
+}
+
+/// The key-encryption key: the given file, or `kek.key` in the data
+/// directory (created on first start, mode 0600).
+fn load_kek(
+    path: Option<&std::path::Path>,
+    data_dir: &std::path::Path,
+) -> Result<lianxi_crypto::Kek> {
+    let path = match path {
+        Some(p) => p.to_owned(),
+        None => {
+            let p = data_dir.join("kek.key");
+            if !p.exists() {
+                kek(&p)?;
+                tracing::warn!(path = %p.display(), "created a key-encryption key in the data directory: fine for one development node; for several nodes, or real data, give every node the same --kek-file kept outside the data directory");
+            }
+            p
+        }
+    };
+    Ok(lianxi_crypto::Kek::load(&path)?)
 }
 
 /// The checkpoint signer: the given key file, or `signing.key` in the data
@@ -162,6 +200,18 @@ pub(crate) async fn run(config: ServeConfig) -> Result<()> {
         Duration::from_secs(config.receipts_window_secs),
     )
     .await?;
+    let kek = load_kek(config.kek_file.as_deref(), &config.data_dir)?;
+    tracing::info!(fingerprint = %kek.fingerprint(), bucket = %config.key_bucket, "key store");
+    let keys = std::sync::Arc::new(
+        lianxi_crypto::KeyStore::open(js.clone(), &config.key_bucket, config.stream_replicas, kek)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot open the key store (JetStream key-value bucket {}); check that the NATS user may use JetStream key-value",
+                    config.key_bucket
+                )
+            })?,
+    );
 
     let listener = tokio::net::TcpListener::bind(&config.grpc_addr)
         .await
@@ -187,9 +237,18 @@ pub(crate) async fn run(config: ServeConfig) -> Result<()> {
         log.clone(),
         shutdown_rx.clone(),
     ));
+    let erasures = tokio::spawn(lianxi_ingest::run_erasures(
+        js.clone(),
+        log.clone(),
+        keys.clone(),
+        applied_rx.clone(),
+        ERASURE_RETRY,
+        shutdown_rx.clone(),
+    ));
     let ingest = tokio::spawn(lianxi_ingest::run(
         js,
         log.clone(),
+        keys.clone(),
         IngestConfig {
             batch_max: config.batch_max,
             batch_delay: Duration::from_millis(config.batch_delay_ms),
@@ -220,7 +279,11 @@ pub(crate) async fn run(config: ServeConfig) -> Result<()> {
     let server = Server::builder()
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(CasesApi::new(log.clone(), gate.clone(), applied_rx).into_server())
+        .add_service(
+            CasesApi::new(log.clone(), gate.clone(), applied_rx)
+                .with_keys(keys.clone())
+                .into_server(),
+        )
         .add_service(
             AuditApi::new(log.clone(), gate.clone())
                 .with_checkpointer(checkpointer.clone())
@@ -251,7 +314,11 @@ pub(crate) async fn run(config: ServeConfig) -> Result<()> {
         }
     };
     // Receipts for the last groups go out before the node stops.
-    for (name, task) in [("receipts", receipts), ("lookups", lookups)] {
+    for (name, task) in [
+        ("receipts", receipts),
+        ("lookups", lookups),
+        ("erasures", erasures),
+    ] {
         match tokio::time::timeout(SHUTDOWN_GRACE, task).await {
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(e))) => tracing::warn!(task = name, error = %e, "task ended with an error"),

@@ -615,6 +615,7 @@ fn nothing_panics_on_adversarial_input() {
             seconds: i64::MIN,
             nanos: 0,
         },
+        sealed: &[],
     };
     for e in &events {
         let _ = check_envelope(SUBJECT, e);

@@ -37,6 +37,8 @@ fn open_as(category: Category, at: &str) -> Event {
             person_ref: "P-1".into(),
             summary: "walk-in".into(),
             mandatory_reporter: String::new(),
+            person: None,
+            children: Vec::new(),
         }),
     )
 }

@@ -52,6 +52,8 @@ pub(crate) fn opened(channel: Channel) -> Body {
         person_ref: "P-77".into(),
         summary: "reported violence at home".into(),
         mandatory_reporter: String::new(),
+        person: None,
+        children: Vec::new(),
     })
 }
 pub(crate) fn open_hotline() -> Body {
@@ -410,6 +412,7 @@ impl Scenario {
             global_sequence: 100 + n,
             case_sequence: n,
             recorded_at: t("2026-03-02T09:00:00Z"),
+            sealed: &[],
         };
         self.view = Some(apply(&ctx, self.view.take(), &e, &meta));
         self.log.push(e);

@@ -74,6 +74,8 @@ impl Gen {
                 person_ref: format!("P-{}", self.rng.random_range(0..3)),
                 summary: "reported by phone".into(),
                 mandatory_reporter: String::new(),
+                person: None,
+                children: Vec::new(),
             }),
             2 => pb::event::Body::RiskAssessed(pb::RiskAssessed {
                 level: self.rng.random_range(1..4),
@@ -223,14 +225,20 @@ impl Model {
             return;
         }
         self.global += 1;
+        // The model seals as the log does, with the same derived key.
+        let person = person_key(&event).map(str::to_owned);
+        let mut event = event;
+        let key = super::GroupKeys::derived_case_key("lianxi-test", &event.case_id);
+        let sealed = lianxi_crypto::seal_entry(&mut event, &key);
         let meta = EntryMeta {
             global_sequence: self.global,
             case_sequence: view.as_ref().map_or(0, |v| v.case_sequence) + 1,
             recorded_at: m.recorded_at,
+            sealed: &sealed,
         };
         let new = lianxi_domain::apply(&ctx, view, &event, &meta);
-        if let Some(p) = person_key(&event) {
-            self.persons.insert(p.to_owned(), prior_of(&new));
+        if let Some(p) = person {
+            self.persons.insert(p, prior_of(&new));
         }
         self.views.insert(event.case_id.clone(), new);
         self.ids.insert(event.event_id.clone(), event);
@@ -282,7 +290,9 @@ fn random_streams_match_the_model_across_restarts_and_redeliveries() {
             let back = rng.random_range(0..=pos.min(20));
             let size = rng.random_range(1..=50);
             let end = (pos + size).min(msgs.len());
-            let report = log.append_group(&msgs[pos - back..end]).unwrap();
+            let report = log
+                .append_group(&msgs[pos - back..end], &TEST_KEYS)
+                .unwrap();
             for (seq, outcome) in &report.outcomes {
                 let seq = *seq as usize;
                 if seq <= pos {
@@ -339,7 +349,7 @@ fn random_streams_match_the_model_across_restarts_and_redeliveries() {
         // Replaying the whole stream after a restart adds nothing.
         drop(log);
         let log = Log::open(dir.path(), policy.clone()).unwrap();
-        let again = log.append_group(&msgs).unwrap();
+        let again = log.append_group(&msgs, &TEST_KEYS).unwrap();
         assert!(
             again
                 .outcomes
@@ -365,9 +375,10 @@ fn two_logs_fed_the_same_stream_in_different_groupings_are_identical() {
     let b = tempfile::tempdir().unwrap();
     let la = Log::open(a.path(), Policy::default()).unwrap();
     let lb = Log::open(b.path(), Policy::default()).unwrap();
-    la.append_group(&msgs).unwrap();
+    la.append_group(&msgs, &TEST_KEYS).unwrap();
     for m in &msgs {
-        lb.append_group(std::slice::from_ref(m)).unwrap();
+        lb.append_group(std::slice::from_ref(m), &TEST_KEYS)
+            .unwrap();
     }
     assert_eq!(la.checkpoint(), lb.checkpoint());
     assert_eq!(la.view_bytes().unwrap(), lb.view_bytes().unwrap());
@@ -387,7 +398,7 @@ fn two_logs_fed_the_same_stream_in_different_groupings_are_identical() {
 fn small_log() -> (tempfile::TempDir, Log) {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), Policy::default()).unwrap();
-    log.append_group(&stream(7, 200)).unwrap();
+    log.append_group(&stream(7, 200), &TEST_KEYS).unwrap();
     assert!(log.checkpoint().global_sequence > 10);
     (dir, log)
 }
@@ -476,7 +487,7 @@ fn oversized_and_garbage_messages_are_kept_as_rejections() {
             payload: b"{\"not\":\"protobuf\"}".to_vec(),
         },
     ];
-    let report = log.append_group(&msgs).unwrap();
+    let report = log.append_group(&msgs, &TEST_KEYS).unwrap();
     assert!(matches!(
         report.outcomes[0].1,
         EventOutcome::Rejected {
@@ -502,7 +513,7 @@ fn every_processed_message_has_exactly_the_receipt_of_its_outcome() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), Policy::default()).unwrap();
     let msgs = stream(5, 300);
-    let report = log.append_group(&msgs).unwrap();
+    let report = log.append_group(&msgs, &TEST_KEYS).unwrap();
     for (seq, outcome) in &report.outcomes {
         let r = log
             .receipt(*seq)
@@ -554,7 +565,9 @@ fn a_case_as_of_any_sequence_equals_the_view_it_had_then() {
     // The view of each case right after each accepted entry, as stored.
     let mut snapshots: Vec<(String, u64, Vec<u8>)> = Vec::new();
     for m in stream(13, 400) {
-        let report = log.append_group(std::slice::from_ref(&m)).unwrap();
+        let report = log
+            .append_group(std::slice::from_ref(&m), &TEST_KEYS)
+            .unwrap();
         if let Some((
             _,
             EventOutcome::Accepted {
@@ -619,6 +632,10 @@ fn entries_pages_through_the_whole_log_in_order() {
 
 use crate::merkle::{self as mk, Hash as MkHash};
 
+/// Keys derived from a fixed seed: these runs have no key store.
+static TEST_KEYS: std::sync::LazyLock<super::GroupKeys> =
+    std::sync::LazyLock::new(|| super::GroupKeys::derived("lianxi-test"));
+
 /// MTH of RFC 6962 §2.1, straight from the definition, over leaf hashes.
 fn naive_mth(leaves: &[MkHash]) -> MkHash {
     if leaves.len() <= 1 {
@@ -655,7 +672,7 @@ fn big_log(dir: &std::path::Path) -> Log {
     let mut pos = 0;
     while pos < msgs.len() {
         let end = (pos + rng.random_range(1..=300)).min(msgs.len());
-        log.append_group(&msgs[pos..end]).unwrap();
+        log.append_group(&msgs[pos..end], &TEST_KEYS).unwrap();
         pos = end;
     }
     assert!(log.tree_size() > 1025, "only {} entries", log.tree_size());
@@ -761,9 +778,9 @@ fn logs_fed_in_different_groupings_have_the_same_tree() {
     let b = tempfile::tempdir().unwrap();
     let la = Log::open(a.path(), Policy::default()).unwrap();
     let lb = Log::open(b.path(), Policy::default()).unwrap();
-    la.append_group(&msgs).unwrap();
+    la.append_group(&msgs, &TEST_KEYS).unwrap();
     for chunk in msgs.chunks(7) {
-        lb.append_group(chunk).unwrap();
+        lb.append_group(chunk, &TEST_KEYS).unwrap();
     }
     let n = la.tree_size();
     assert_eq!(n, lb.tree_size());
@@ -847,7 +864,7 @@ fn rebuild_gives_a_log_without_a_tree_its_tree() {
     ));
     // Such a log refuses to grow until rebuilt, and says how.
     let more = stream(7, 260);
-    match log.append_group(&more[200..]) {
+    match log.append_group(&more[200..], &TEST_KEYS) {
         Err(
             e @ Error::Corruption {
                 at: Location::TreeNode(0, _),
@@ -864,7 +881,7 @@ fn rebuild_gives_a_log_without_a_tree_its_tree() {
     let again: Vec<MkHash> = (0..=n).map(|s| log.root(s).unwrap()).collect();
     assert_eq!(again, roots);
     log.verify().unwrap();
-    log.append_group(&more[200..]).unwrap();
+    log.append_group(&more[200..], &TEST_KEYS).unwrap();
     assert_eq!(
         log.root(log.tree_size()).unwrap(),
         naive_mth(&leaves_of(&log))

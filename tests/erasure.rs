@@ -1,0 +1,342 @@
+//! Erasable personal data, end to end: personal values are sealed before
+//! they reach the log; an erasure destroys the case key, purges the bus and
+//! leaves a log that still verifies, on two nodes that agree on the root;
+//! and the plaintext is found nowhere in the nodes' data directories or the
+//! JetStream store. Real nats-server, real nodes, real files.
+
+mod support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::message::PublishMessage as Publish;
+use lianxi_proto::Timestamp;
+use lianxi_proto::v1::{
+    self as pb, Agency, Event, GetCaseRequest, GetTimelineRequest, PersonalDataState, Redaction,
+    event::Body,
+};
+use prost::Message;
+use support::{Nats, Node, case_after, lianxi};
+
+const T0: i64 = 1_793_000_000; // 2026-10-26
+
+/// Values that must never be found on disk once sealed (node) or erased
+/// (bus).
+const SECRETS: &[&str] = &[
+    "P-SECRET-4711",
+    "Wang Secretname",
+    "13912345678",
+    "88 Hidden Lane",
+    "Little Plumblossom",
+    "Respondent Zhao Hiddenname",
+    "Teacher Reportername",
+];
+/// The other case's values: sealed in the log, still on the bus.
+const KEPT: &str = "Kept Personname";
+
+fn event(id: &str, case: &str, agency: Agency, t: i64, body: Body) -> Event {
+    Event {
+        event_id: id.into(),
+        case_id: case.into(),
+        agency: agency as i32,
+        occurred_at: Some(Timestamp {
+            seconds: T0 + t,
+            nanos: 0,
+        }),
+        corrects_event_id: None,
+        body: Some(body),
+    }
+}
+
+/// An opening by police with every kind of personal value. `secret` picks
+/// the erased case's values; otherwise each value is the kept name with a
+/// suffix, so nothing of the erased case is shared with the kept one.
+fn opening(id: &str, case: &str, secret: bool) -> Event {
+    let v = |s: &str, k: &str| {
+        if secret {
+            s.to_owned()
+        } else {
+            format!("{KEPT} {k}")
+        }
+    };
+    event(
+        id,
+        case,
+        Agency::Police,
+        0,
+        Body::CaseOpened(pb::CaseOpened {
+            channel: pb::Channel::MandatoryReport as i32,
+            category: pb::Category::DomesticViolence as i32,
+            jurisdiction: "330100/330106".into(),
+            level: pb::Level::County as i32,
+            person_ref: v("P-SECRET-4711", "ref"),
+            summary: "a school reported injuries".into(),
+            mandatory_reporter: v("Teacher Reportername", "reporter"),
+            person: Some(pb::Person {
+                name: v("Wang Secretname", "name"),
+                id_number: String::new(),
+                phone: v("13912345678", "phone"),
+                address: v("88 Hidden Lane", "address"),
+            }),
+            children: vec![pb::Child {
+                name: v("Little Plumblossom", "child"),
+                birth_date: "2017-05-01".into(),
+                note: String::new(),
+            }],
+        }),
+    )
+}
+
+fn subject(e: &Event) -> String {
+    let agency = match Agency::try_from(e.agency).unwrap() {
+        Agency::PoliticalLegalCommittee => "political_legal_committee",
+        Agency::Police => "police",
+        _ => unreachable!("only police and the committee publish here"),
+    };
+    format!("lianxi.v1.events.{agency}.{}", e.case_id)
+}
+
+async fn publish(js: &async_nats::jetstream::Context, e: &Event) -> u64 {
+    js.send_publish(
+        subject(e),
+        Publish::build()
+            .payload(e.encode_to_vec().into())
+            .message_id(e.event_id.clone()),
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("stored by JetStream")
+    .sequence
+}
+
+/// Every file under `dir` that contains `needle`.
+fn files_containing(dir: &Path, needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap_or_else(|e| panic!("read {}: {e}", d.display())) {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path)
+                && bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
+            {
+                found.push(path.display().to_string());
+            }
+        }
+    }
+    found
+}
+
+async fn root(node: &Node) -> (u64, Vec<u8>) {
+    let mut audit = pb::audit_client::AuditClient::connect(format!("http://{}", node.grpc_addr))
+        .await
+        .unwrap();
+    let head = audit
+        .get_tree_head(pb::GetTreeHeadRequest { tree_size: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    (head.tree_size, head.root_hash)
+}
+
+async fn timeline(node: &Node, case: &str) -> Vec<pb::TimelineEntry> {
+    node.client()
+        .await
+        .get_timeline(GetTimelineRequest {
+            case_id: case.into(),
+            after_case_sequence: 0,
+            page_size: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .entries
+}
+
+#[tokio::test]
+async fn an_erased_case_verifies_agrees_across_nodes_and_leaves_no_plaintext() {
+    let nats = Nats::start();
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Node::start(&nats.url(), a_dir.path());
+    let b = Node::start(&nats.url(), b_dir.path());
+    let js = nats.jetstream().await;
+    for _ in 0..500 {
+        if js.get_stream("LIANXI_EVENTS").await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    publish(&js, &opening("e-1", "ERASE-1", true)).await;
+    let warning = event(
+        "e-2",
+        "ERASE-1",
+        Agency::Police,
+        60,
+        Body::WrittenWarningIssued(pb::WrittenWarningIssued {
+            warning_id: "w-1".into(),
+            respondent_ref: "Respondent Zhao Hiddenname".into(),
+            grounds: "threats".into(),
+        }),
+    );
+    publish(&js, &warning).await;
+    let last = publish(&js, &opening("k-1", "KEEP-1", false)).await;
+    let (mut ca, mut cb) = (a.client().await, b.client().await);
+    case_after(&mut ca, "KEEP-1", last).await;
+    case_after(&mut cb, "KEEP-1", last).await;
+
+    // A development node shows everything, decrypted, to its local caller.
+    let view = ca
+        .get_case(GetCaseRequest {
+            case_id: "ERASE-1".into(),
+            now: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .view
+        .unwrap();
+    assert_eq!(view.person_ref, "P-SECRET-4711");
+    assert_eq!(view.mandatory_reporter, "Teacher Reportername");
+    let lines = timeline(&a, "ERASE-1").await;
+    let Some(Body::CaseOpened(o)) = lines[0].event.as_ref().and_then(|e| e.body.clone()) else {
+        panic!("the first entry is the opening: {lines:?}");
+    };
+    assert_eq!(o.person.unwrap().name, "Wang Secretname");
+    assert_eq!(o.children[0].name, "Little Plumblossom");
+    assert!(lines[0].withheld.is_empty(), "{:?}", lines[0].withheld);
+
+    // The nodes never wrote the values: only the bus has them so far.
+    for dir in [a_dir.path(), b_dir.path()] {
+        for s in SECRETS.iter().chain([&KEPT]) {
+            assert_eq!(files_containing(dir, s), Vec::<String>::new(), "{s}");
+        }
+    }
+    let before = root(&a).await;
+    assert_eq!(before, root(&b).await, "same stream, same root");
+
+    let erase = event(
+        "x-1",
+        "ERASE-1",
+        Agency::PoliticalLegalCommittee,
+        120,
+        Body::PersonalDataErased(pb::PersonalDataErased {
+            legal_basis: "request of the person".into(),
+            authorised_by: "plc-staff-3".into(),
+        }),
+    );
+    let erased_at = publish(&js, &erase).await;
+    let view = case_after(&mut ca, "ERASE-1", erased_at)
+        .await
+        .view
+        .unwrap();
+    case_after(&mut cb, "ERASE-1", erased_at).await;
+    assert_eq!(view.personal_data, PersonalDataState::Erased as i32);
+    assert!(view.person_ref.is_empty());
+    assert!(
+        view.personal
+            .iter()
+            .all(|s| s.redaction == Redaction::Erased as i32 && s.ciphertext.is_empty()),
+        "{:?}",
+        view.personal
+    );
+    let lines = timeline(&a, "ERASE-1").await;
+    assert_eq!(lines.len(), 3, "the events stay; only their values go");
+    assert_eq!(lines[2].kind, "personal_data_erased");
+    assert!(
+        lines[1]
+            .withheld
+            .iter()
+            .any(|s| s.path == "written_warning_issued.respondent_ref"
+                && s.redaction == Redaction::Erased as i32)
+    );
+    // The other case is untouched.
+    let kept = timeline(&a, "KEEP-1").await;
+    let Some(Body::CaseOpened(k)) = kept[0].event.as_ref().and_then(|e| e.body.clone()) else {
+        panic!("KEEP-1 opening: {kept:?}");
+    };
+    assert_eq!(k.person.unwrap().name, format!("{KEPT} name"));
+
+    // Both nodes agree, and the log still verifies end to end.
+    let after = root(&a).await;
+    assert_eq!(after.0, before.0 + 1, "the erasure is itself an entry");
+    assert_eq!(after, root(&b).await);
+    let (ok, out, err) = lianxi(
+        &["verify", "--node", &a.grpc_addr, "--compare", &b.grpc_addr],
+        &[],
+    );
+    assert!(ok, "{out}\n{err}");
+
+    // The bus keeps no message of the case before the erasure.
+    let stream = js.get_stream("LIANXI_EVENTS").await.unwrap();
+    let started = Instant::now();
+    while stream
+        .get_last_raw_message_by_subject("lianxi.v1.events.police.ERASE-1")
+        .await
+        .is_ok()
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the case's messages were not purged from the stream"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        stream
+            .get_last_raw_message_by_subject("lianxi.v1.events.political_legal_committee.ERASE-1")
+            .await
+            .is_ok(),
+        "the erasure event itself stays on the bus"
+    );
+
+    // Stop everything and read the files.
+    assert!(a.stop().success());
+    assert!(b.stop().success());
+    let (store, port) = nats.stop();
+    for s in SECRETS {
+        for dir in [a_dir.path(), b_dir.path(), store.path()] {
+            assert_eq!(
+                files_containing(dir, s),
+                Vec::<String>::new(),
+                "{s} in {}",
+                dir.display()
+            );
+        }
+    }
+    // The scan does find what is still there: the kept case's bus copy.
+    assert!(!files_containing(store.path(), KEPT).is_empty());
+
+    // Restart, rebuild and verify offline; then serve again: still erased,
+    // same root.
+    let data = a_dir.path().to_str().unwrap();
+    let (ok, out, err) = lianxi(&["rebuild", "--data-dir", data], &[]);
+    assert!(ok, "{out}\n{err}");
+    let (ok, out, err) = lianxi(&["verify", "--data-dir", data], &[]);
+    assert!(ok, "{out}\n{err}");
+    let nats = Nats::start_with_store(store, port);
+    let a = Node::start(&nats.url(), a_dir.path());
+    let view = a
+        .client()
+        .await
+        .get_case(GetCaseRequest {
+            case_id: "ERASE-1".into(),
+            now: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .view
+        .unwrap();
+    assert_eq!(view.personal_data, PersonalDataState::Erased as i32);
+    assert!(view.person_ref.is_empty());
+    assert_eq!(root(&a).await, after);
+    for s in SECRETS {
+        assert_eq!(
+            files_containing(a_dir.path(), s),
+            Vec::<String>::new(),
+            "{s}"
+        );
+    }
+}
