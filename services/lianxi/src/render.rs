@@ -77,6 +77,7 @@ pub(crate) fn case(r: &GetCaseResponse) -> String {
     if v.closed_at.is_some() {
         let _ = writeln!(s, "  closed {}", time(v.closed_at.as_ref()));
     }
+    let _ = writeln!(s, "  {}", personal_line(v));
     let _ = writeln!(s, "\nAgencies");
     for a in &v.agencies {
         let _ = writeln!(
@@ -154,6 +155,44 @@ pub(crate) fn case(r: &GetCaseResponse) -> String {
     s
 }
 
+/// The case's personal data: its state, and the person reference and
+/// reporter as far as the caller may see them.
+fn personal_line(v: &lianxi_proto::v1::CaseView) -> String {
+    use lianxi_proto::v1::PersonalDataState;
+    let state = match PersonalDataState::try_from(v.personal_data) {
+        Ok(PersonalDataState::Erased) => format!(
+            "personal data ERASED {} ({})",
+            time(v.personal_data_changed_at.as_ref()),
+            v.personal_data_basis
+        ),
+        Ok(PersonalDataState::LegalHold) => format!(
+            "personal data on LEGAL HOLD until {} ({})",
+            time(v.retain_until.as_ref()),
+            v.personal_data_basis
+        ),
+        _ => "personal data active".to_owned(),
+    };
+    let mut shown = Vec::new();
+    if !v.person_ref.is_empty() {
+        shown.push(format!("person {}", v.person_ref));
+    }
+    if !v.mandatory_reporter.is_empty() {
+        shown.push(format!("reported by {}", v.mandatory_reporter));
+    }
+    for w in &v.personal {
+        shown.push(format!("{} {}", w.path, redaction(w.redaction)));
+    }
+    if shown.is_empty() {
+        state
+    } else {
+        format!("{state} · {}", shown.join(" · "))
+    }
+}
+
+fn redaction(n: i32) -> String {
+    enum_words::<lianxi_proto::v1::Redaction>(n, "REDACTION_", |e| e.as_str_name())
+}
+
 pub(crate) fn timeline(case_id: &str, entries: &[TimelineEntry]) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "Timeline of case {case_id} ({} events)", entries.len());
@@ -174,6 +213,9 @@ pub(crate) fn timeline(case_id: &str, entries: &[TimelineEntry]) -> String {
             e.event_id,
             e.hash.get(..16).unwrap_or(&e.hash)
         );
+        for w in &e.withheld {
+            let _ = writeln!(s, "      {}: {}", w.path, redaction(w.redaction));
+        }
     }
     s
 }
