@@ -6,13 +6,12 @@ mod support;
 
 use std::time::Duration;
 
-use async_nats::jetstream::message::PublishMessage as Publish;
 use lianxi_proto::Timestamp;
 use lianxi_proto::v1::{
     self as pb, Agency, Event, GetCaseRequest, GetTimelineRequest, event::Body,
 };
 use prost::Message;
-use support::{Nats, Node, case_after, lianxi};
+use support::{Nats, Node, case_after, lianxi, publish, subject};
 
 fn at(seconds: i64) -> Option<Timestamp> {
     Some(Timestamp { seconds, nanos: 0 })
@@ -51,22 +50,6 @@ fn opened(id: &str, case: &str, agency: Agency, t: i64) -> Event {
     )
 }
 
-/// The subject an agency publishes on, written out here (not taken from the
-/// domain crate) so the test also checks the documented contract.
-fn subject(e: &Event) -> String {
-    let agency = match Agency::try_from(e.agency).unwrap() {
-        Agency::PoliticalLegalCommittee => "political_legal_committee",
-        Agency::Police => "police",
-        Agency::Court => "court",
-        Agency::CivilAffairs => "civil_affairs",
-        Agency::Labour => "labour",
-        Agency::WomensFederation => "womens_federation",
-        Agency::JusticeBureau => "justice_bureau",
-        Agency::Unspecified => "unspecified",
-    };
-    format!("lianxi.v1.events.{agency}.{}", e.case_id)
-}
-
 async fn publish_raw(js: &async_nats::jetstream::Context, subject: &str, payload: Vec<u8>) -> u64 {
     js.publish(subject.to_owned(), payload.into())
         .await
@@ -74,20 +57,6 @@ async fn publish_raw(js: &async_nats::jetstream::Context, subject: &str, payload
         .await
         .expect("stored by JetStream")
         .sequence
-}
-
-async fn publish(js: &async_nats::jetstream::Context, e: &Event) -> u64 {
-    js.send_publish(
-        subject(e),
-        Publish::build()
-            .payload(e.encode_to_vec().into())
-            .message_id(e.event_id.clone()),
-    )
-    .await
-    .expect("publish")
-    .await
-    .expect("stored by JetStream")
-    .sequence
 }
 
 /// Waits until the node has created the events stream.

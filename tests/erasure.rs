@@ -9,14 +9,12 @@ mod support;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::message::PublishMessage as Publish;
 use lianxi_proto::Timestamp;
 use lianxi_proto::v1::{
     self as pb, Agency, Event, GetCaseRequest, GetTimelineRequest, PersonalDataState, Redaction,
     event::Body,
 };
-use prost::Message;
-use support::{Nats, Node, case_after, lianxi};
+use support::{Nats, Node, case_after, lianxi, publish};
 
 const T0: i64 = 1_793_000_000; // 2026-10-26
 
@@ -85,29 +83,6 @@ fn opening(id: &str, case: &str, secret: bool) -> Event {
             }],
         }),
     )
-}
-
-fn subject(e: &Event) -> String {
-    let agency = match Agency::try_from(e.agency).unwrap() {
-        Agency::PoliticalLegalCommittee => "political_legal_committee",
-        Agency::Police => "police",
-        _ => unreachable!("only police and the committee publish here"),
-    };
-    format!("lianxi.v1.events.{agency}.{}", e.case_id)
-}
-
-async fn publish(js: &async_nats::jetstream::Context, e: &Event) -> u64 {
-    js.send_publish(
-        subject(e),
-        Publish::build()
-            .payload(e.encode_to_vec().into())
-            .message_id(e.event_id.clone()),
-    )
-    .await
-    .expect("publish")
-    .await
-    .expect("stored by JetStream")
-    .sequence
 }
 
 /// Every file under `dir` that contains `needle`.

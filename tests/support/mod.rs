@@ -9,8 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use async_nats::jetstream::message::PublishMessage as Publish;
 use lianxi_proto::v1::cases_client::CasesClient;
-use lianxi_proto::v1::{GetCaseRequest, GetCaseResponse};
+use lianxi_proto::v1::{Agency, Event, GetCaseRequest, GetCaseResponse};
+use prost::Message;
 use tonic::transport::Channel;
 
 pub const LIANXI: &str = env!("CARGO_BIN_EXE_lianxi");
@@ -326,4 +328,36 @@ pub fn lianxi(args: &[&str], envs: &[(&str, &str)]) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// The subject an agency publishes on, written out here (not taken from the
+/// domain crate) so the test also checks the documented contract.
+pub fn subject(e: &Event) -> String {
+    let agency = match Agency::try_from(e.agency).unwrap() {
+        Agency::PoliticalLegalCommittee => "political_legal_committee",
+        Agency::Police => "police",
+        Agency::Court => "court",
+        Agency::CivilAffairs => "civil_affairs",
+        Agency::Labour => "labour",
+        Agency::WomensFederation => "womens_federation",
+        Agency::JusticeBureau => "justice_bureau",
+        Agency::Unspecified => "unspecified",
+    };
+    format!("lianxi.v1.events.{agency}.{}", e.case_id)
+}
+
+/// Publishes an event on its agency's subject with its id as the message
+/// id; returns the stream sequence.
+pub async fn publish(js: &async_nats::jetstream::Context, e: &Event) -> u64 {
+    js.send_publish(
+        subject(e),
+        Publish::build()
+            .payload(e.encode_to_vec().into())
+            .message_id(e.event_id.clone()),
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("stored by JetStream")
+    .sequence
 }

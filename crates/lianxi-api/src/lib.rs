@@ -86,36 +86,14 @@ fn status(e: lianxi_log::Error) -> Status {
     )
 }
 
-/// A sealed value as a response shows it: its path, kind and why it is not
-/// shown; never its ciphertext.
-fn conceal(s: &lianxi_proto::v1::Sealed) -> lianxi_proto::v1::Sealed {
-    use lianxi_proto::v1::{PersonalKind, Redaction, Sealed};
-    let redaction = match Redaction::try_from(s.redaction) {
-        Ok(Redaction::Unspecified) | Err(_) => Redaction::Withheld as i32,
-        Ok(r) => r as i32,
-    };
-    Sealed {
-        path: s.path.clone(),
-        ciphertext: Vec::new(),
-        redaction,
-        event_id: s.event_id.clone(),
-        kind: lianxi_domain::personal::kind_of(&s.path).unwrap_or(PersonalKind::Unspecified) as i32,
-    }
-}
-
 /// A view with every personal value still sealed in it concealed.
 fn conceal_view(mut view: CaseView) -> CaseView {
-    view.personal = view.personal.iter().map(conceal).collect();
+    view.personal = view.personal.iter().map(lianxi_crypto::conceal).collect();
     view
 }
 
 fn check_case_id(case_id: &str) -> Result<(), Status> {
-    let ok = !case_id.is_empty()
-        && case_id.len() <= lianxi_domain::MAX_ID_LEN
-        && case_id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if ok {
+    if lianxi_domain::is_case_id(case_id) {
         Ok(())
     } else {
         Err(Status::invalid_argument(format!(
@@ -146,7 +124,7 @@ fn wall_clock() -> Timestamp {
 /// ciphertext.
 pub fn timeline_entry(entry: &LogEntry) -> TimelineEntry {
     let event = entry.event.clone().unwrap_or_default();
-    let withheld = entry.sealed.iter().map(conceal).collect();
+    let withheld = entry.sealed.iter().map(lianxi_crypto::conceal).collect();
     TimelineEntry {
         event: Some(event.clone()),
         withheld,

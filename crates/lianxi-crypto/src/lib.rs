@@ -31,7 +31,7 @@ mod store;
 pub use error::{Error, Result};
 pub use keys::{DataKey, IndexKey, Kek};
 pub use seal::{
-    Verdict, open_value, person_token, redact_entry, redact_view, reveal_entry, reveal_view,
-    seal_entry, seal_value, strip,
+    Verdict, conceal, open_value, person_token, reveal_entry, reveal_view, seal_entry, seal_value,
+    strip,
 };
-pub use store::{KeyStore, purge_case_messages, valid_case_id};
+pub use store::{KeyStore, purge_case_messages};

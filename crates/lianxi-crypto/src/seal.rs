@@ -202,7 +202,7 @@ fn reveal_one(
 /// what remains in `entry.sealed` says why each other value is not shown,
 /// with its ciphertext cleared. With no key (erased, or the key store
 /// unreachable) nothing opens: pass a verdict that says `Erased` for an
-/// erased case, or use [`redact_entry`].
+/// erased case.
 pub fn reveal_entry(entry: &mut LogEntry, key: Option<&DataKey>, verdict: Verdict<'_>) {
     let (case_id, event_id) = entry
         .event
@@ -249,19 +249,17 @@ pub fn reveal_view(view: &mut CaseView, key: Option<&DataKey>, verdict: Verdict<
     }
 }
 
-/// Marks every sealed value of `entry` as not shown, for `why`, without a
-/// key: for callers that may read nothing.
-pub fn redact_entry(entry: &mut LogEntry, why: Redaction) {
-    for item in &mut entry.sealed {
-        redact(item, why);
-    }
-}
-
-/// Marks every sealed value of `view` as not shown, for `why`.
-pub fn redact_view(view: &mut CaseView, why: Redaction) {
-    for item in &mut view.personal {
-        redact(item, why);
-    }
+/// A sealed value as a response may show it: path, kind and why it is not
+/// shown, never its ciphertext. A value no decision was made on is
+/// withheld.
+pub fn conceal(item: &Sealed) -> Sealed {
+    let mut out = item.clone();
+    let why = match Redaction::try_from(item.redaction) {
+        Ok(Redaction::Unspecified) | Err(_) => Redaction::Withheld,
+        Ok(r) => r,
+    };
+    redact(&mut out, why);
+    out
 }
 
 #[cfg(test)]
@@ -542,14 +540,20 @@ mod tests {
     }
 
     #[test]
-    fn redact_entry_marks_everything() {
-        let (_, mut entry) = sealed_entry(&DataKey::from_bytes(KEY));
-        redact_entry(&mut entry, Redaction::Erased);
+    fn conceal_never_shows_ciphertext_and_keeps_a_decided_reason() {
+        let (_, entry) = sealed_entry(&DataKey::from_bytes(KEY));
         assert_eq!(entry.sealed.len(), PLAINTEXTS.len());
         for item in &entry.sealed {
-            assert!(item.ciphertext.is_empty());
-            assert_eq!(item.redaction, Redaction::Erased as i32);
-            assert_eq!(item.kind, kind_at(&item.path) as i32);
+            let shown = conceal(item);
+            assert!(!item.ciphertext.is_empty() && shown.ciphertext.is_empty());
+            assert_eq!(shown.redaction, Redaction::Withheld as i32);
+            assert_eq!(shown.kind, kind_at(&item.path) as i32);
+            assert_eq!(shown.path, item.path);
+            let erased = Sealed {
+                redaction: Redaction::Erased as i32,
+                ..item.clone()
+            };
+            assert_eq!(conceal(&erased).redaction, Redaction::Erased as i32);
         }
     }
 
@@ -609,16 +613,6 @@ mod tests {
         assert_eq!(view.mandatory_reporter, PLAINTEXTS[1]);
         assert_eq!(view.personal.len(), 1);
         assert_eq!(view.personal[0].redaction, Redaction::KeyUnavailable as i32);
-    }
-
-    #[test]
-    fn redact_view_marks_everything() {
-        let mut view = sealed_view(&DataKey::from_bytes(KEY));
-        redact_view(&mut view, Redaction::Erased);
-        assert!(view.person_ref.is_empty());
-        assert!(view.personal.iter().all(|s| s.ciphertext.is_empty()
-            && s.redaction == Redaction::Erased as i32
-            && s.kind != 0));
     }
 
     #[test]

@@ -90,5 +90,5 @@ pub use query::{
     DEFAULT_EXPIRING_WITHIN_DAYS, DURATION_NAMES, agenda, is_involved, matches, stats, summarize,
 };
 pub use rules::decide;
-pub use validate::check_envelope;
+pub use validate::{check_envelope, is_case_id};
 pub use view::apply;

@@ -35,6 +35,52 @@ pub const PERSONAL_FIELDS: &[(&str, PersonalKind)] = &[
 pub const VIEW_PERSONAL_PATHS: &[&str] =
     &["case_opened.person_ref", "case_opened.mandatory_reporter"];
 
+/// The walk over an event's personal fields, written once for both `&` and
+/// `&mut` access: `walk!(event, visit)` or `walk!(event, visit, mut)`.
+/// `visit(path, kind, value)` is called for every field, empty or not.
+macro_rules! walk {
+    ($event:expr, $visit:ident $(, $m:tt)?) => {{
+        use PersonalKind::{Child, Identity, Reporter, Whereabouts};
+        match & $($m)? $event.body {
+            Some(Body::CaseOpened(b)) => {
+                $visit("case_opened.person_ref", Identity, & $($m)? b.person_ref);
+                $visit(
+                    "case_opened.mandatory_reporter",
+                    Reporter,
+                    & $($m)? b.mandatory_reporter,
+                );
+                if let Some(p) = & $($m)? b.person {
+                    $visit("case_opened.person.name", Identity, & $($m)? p.name);
+                    $visit("case_opened.person.id_number", Identity, & $($m)? p.id_number);
+                    $visit("case_opened.person.phone", Identity, & $($m)? p.phone);
+                    $visit("case_opened.person.address", Whereabouts, & $($m)? p.address);
+                }
+                for (i, c) in (& $($m)? b.children).into_iter().enumerate() {
+                    $visit(&format!("case_opened.children[{i}].name"), Child, & $($m)? c.name);
+                    $visit(
+                        &format!("case_opened.children[{i}].birth_date"),
+                        Child,
+                        & $($m)? c.birth_date,
+                    );
+                    $visit(&format!("case_opened.children[{i}].note"), Child, & $($m)? c.note);
+                }
+            }
+            Some(Body::WrittenWarningIssued(b)) => $visit(
+                "written_warning_issued.respondent_ref",
+                Identity,
+                & $($m)? b.respondent_ref,
+            ),
+            Some(Body::ShelterAdmitted(b)) => {
+                $visit("shelter_admitted.location", Whereabouts, & $($m)? b.location);
+            }
+            Some(Body::ShelterExited(b)) => {
+                $visit("shelter_exited.destination", Whereabouts, & $($m)? b.destination);
+            }
+            _ => {}
+        }
+    }};
+}
+
 /// Calls `f(path, kind, value)` for every personal field of the event that
 /// holds a value, in field order. `f` may change or empty the value.
 pub fn for_each_personal_mut(
@@ -46,71 +92,31 @@ pub fn for_each_personal_mut(
             f(path, kind, value);
         }
     };
-    use PersonalKind::{Child, Identity, Reporter, Whereabouts};
-    match event.body.as_mut() {
-        Some(Body::CaseOpened(b)) => {
-            visit("case_opened.person_ref", Identity, &mut b.person_ref);
-            visit(
-                "case_opened.mandatory_reporter",
-                Reporter,
-                &mut b.mandatory_reporter,
-            );
-            if let Some(p) = b.person.as_mut() {
-                visit("case_opened.person.name", Identity, &mut p.name);
-                visit("case_opened.person.id_number", Identity, &mut p.id_number);
-                visit("case_opened.person.phone", Identity, &mut p.phone);
-                visit("case_opened.person.address", Whereabouts, &mut p.address);
-            }
-            for (i, c) in b.children.iter_mut().enumerate() {
-                visit(
-                    &format!("case_opened.children[{i}].name"),
-                    Child,
-                    &mut c.name,
-                );
-                visit(
-                    &format!("case_opened.children[{i}].birth_date"),
-                    Child,
-                    &mut c.birth_date,
-                );
-                visit(
-                    &format!("case_opened.children[{i}].note"),
-                    Child,
-                    &mut c.note,
-                );
-            }
+    walk!(event, visit, mut);
+}
+
+/// Calls `f(path, kind, value)` for every personal field of the event that
+/// holds a value, in field order.
+pub fn for_each_personal(event: &Event, f: &mut dyn FnMut(&str, PersonalKind, &str)) {
+    let mut visit = |path: &str, kind: PersonalKind, value: &String| {
+        if !value.is_empty() {
+            f(path, kind, value);
         }
-        Some(Body::WrittenWarningIssued(b)) => visit(
-            "written_warning_issued.respondent_ref",
-            Identity,
-            &mut b.respondent_ref,
-        ),
-        Some(Body::ShelterAdmitted(b)) => {
-            visit("shelter_admitted.location", Whereabouts, &mut b.location);
-        }
-        Some(Body::ShelterExited(b)) => {
-            visit(
-                "shelter_exited.destination",
-                Whereabouts,
-                &mut b.destination,
-            );
-        }
-        _ => {}
-    }
+    };
+    walk!(event, visit);
 }
 
 /// Whether the event carries any personal value.
 pub fn has_personal(event: &Event) -> bool {
-    // The walk needs `&mut`; a clone is cheap next to the rest of the work
-    // and keeps one walk for reading and writing.
     let mut found = false;
-    for_each_personal_mut(&mut event.clone(), &mut |_, _, _| found = true);
+    for_each_personal(event, &mut |_, _, _| found = true);
     found
 }
 
 /// The paths of the event's personal values, in field order.
 pub fn personal_paths(event: &Event) -> Vec<String> {
     let mut paths = Vec::new();
-    for_each_personal_mut(&mut event.clone(), &mut |p, _, _| paths.push(p.to_owned()));
+    for_each_personal(event, &mut |p, _, _| paths.push(p.to_owned()));
     paths
 }
 

@@ -784,8 +784,11 @@ fn personal_data_rules(view: &CaseView, event: &Event) -> Result<(), Rejection> 
         .as_ref()
         .map(time::format)
         .unwrap_or_default();
-    let paths = crate::personal::personal_paths(event);
-    if state != PersonalDataState::Active && !paths.is_empty() {
+    let paths = match state {
+        PersonalDataState::Active => Vec::new(),
+        _ => crate::personal::personal_paths(event),
+    };
+    if !paths.is_empty() {
         let why = if state == PersonalDataState::Erased {
             format!("was erased on {since}")
         } else {

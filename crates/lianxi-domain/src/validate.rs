@@ -58,6 +58,12 @@ pub(crate) fn check_id(value: &str, field: &str) -> Result<(), Rejection> {
     Ok(())
 }
 
+/// Whether `value` is a well-formed case id: 1 to `MAX_ID_LEN` characters
+/// of A-Z a-z 0-9 _ - (a NATS subject token, a key-value key).
+pub fn is_case_id(value: &str) -> bool {
+    id_ok(value, &[])
+}
+
 /// A case id is also a NATS subject token, so it has no `.` or `:`.
 pub(crate) fn check_case_id(value: &str) -> Result<(), Rejection> {
     if value.is_empty() {

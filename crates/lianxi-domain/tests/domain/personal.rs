@@ -167,6 +167,7 @@ fn the_walk_visits_every_marked_field_and_set_puts_values_back() {
     let mut seen = BTreeSet::new();
     for original in full_events() {
         let mut e = original.clone();
+        let read_only = lianxi_domain::personal::personal_paths(&original);
         let mut taken = Vec::new();
         for_each_personal_mut(&mut e, &mut |path, kind, value| {
             assert_eq!(kind_of(path), Some(kind), "{path}");
@@ -175,6 +176,8 @@ fn the_walk_visits_every_marked_field_and_set_puts_values_back() {
             taken.push((path.to_owned(), std::mem::take(value)));
         });
         assert!(!has_personal(&e), "the walk emptied every value");
+        let written: Vec<String> = taken.iter().map(|(p, _)| p.clone()).collect();
+        assert_eq!(read_only, written, "both walks visit the same fields");
         assert_ne!(e, original);
         for (path, value) in taken {
             assert!(set_personal(&mut e, &path, value), "{path}");
