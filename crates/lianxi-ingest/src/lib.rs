@@ -180,19 +180,27 @@ async fn apply(
             .await
             .map_err(|e| Error::Task(e.to_string()))??
     };
+    // A new case costs a read and a create in the key store: fetch all of
+    // the group's keys at once, not one round trip after another.
+    let cases = futures::future::try_join_all(
+        needed
+            .cases
+            .iter()
+            .map(|case| async move { keys.ensure_case_key(case).await.map(|key| (case, key)) }),
+    );
+    let index = async {
+        match needed.index {
+            true => keys.index_key().await.map(Some),
+            false => Ok(None),
+        }
+    };
+    let (cases, index) =
+        futures::try_join!(cases, index).map_err(|e| Error::Keys(e.to_string()))?;
     let mut group_keys = GroupKeys::new();
-    if needed.index {
-        group_keys.set_index(
-            keys.index_key()
-                .await
-                .map_err(|e| Error::Keys(e.to_string()))?,
-        );
+    if let Some(index) = index {
+        group_keys.set_index(index);
     }
-    for case in &needed.cases {
-        let key = keys
-            .ensure_case_key(case)
-            .await
-            .map_err(|e| Error::Keys(e.to_string()))?;
+    for (case, key) in cases {
         group_keys.insert_case(case, key);
     }
     let log = log.clone();
@@ -259,6 +267,10 @@ pub async fn run_erasures(
                 }
             }
         }
+        // Look again after every group (the watch keeps only the latest
+        // report, so an erasure could be missed by inspecting reports; the
+        // pending list is one empty prefix scan when there is nothing to
+        // do), or after `retry` while one is unfinished.
         let wait = if left {
             retry
         } else {
