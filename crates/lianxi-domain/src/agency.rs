@@ -126,14 +126,71 @@ pub fn parse_subject(subject: &str) -> Result<(Agency, String), Rejection> {
     Ok((agency, case_id.to_owned()))
 }
 
-/// Keeps user input quoted in messages to a readable length.
+/// The agency of a subject whenever its agency token is valid, even when
+/// the rest of the subject is not (`lianxi.v1.events.police.A.B`,
+/// `lianxi.v1.events.police.*`, a control character in the case token): the
+/// bus lets an agency publish only under its own token, so the token says
+/// who sent the message. `None` when the subject does not start with
+/// [`EVENTS_SUBJECT_PREFIX`] followed by one of the seven agency tokens.
+pub fn subject_agency(subject: &str) -> Option<Agency> {
+    let rest = subject
+        .strip_prefix(EVENTS_SUBJECT_PREFIX)?
+        .strip_prefix('.')?;
+    let token = rest.split('.').next()?;
+    agency_from_token(token)
+}
+
+/// The most characters of agency input quoted in a rejection reason.
+pub const MAX_QUOTED_CHARS: usize = 80;
+
+/// Keeps user input quoted in messages to a readable length, and harmless
+/// on a terminal or in a log line (see [`printable`]).
 pub(crate) fn shorten(s: &str) -> String {
-    const LIMIT: usize = 80;
-    if s.chars().count() <= LIMIT {
-        s.to_owned()
-    } else {
-        let mut out: String = s.chars().take(LIMIT).collect();
-        out.push_str("...");
-        out
+    printable(s, MAX_QUOTED_CHARS)
+}
+
+/// Whether a character must not reach a terminal, a log line or a reason as
+/// it is: control characters (C0, DEL, C1: line breaks, escape sequences,
+/// BEL) and the invisible format characters that reorder or hide text
+/// (bidirectional overrides and isolates, zero-width characters, line and
+/// paragraph separators, the byte-order mark).
+pub fn is_unsafe_char(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061C}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{2028}'..='\u{202E}'
+                | '\u{2060}'..='\u{206F}'
+                | '\u{FEFF}'
+                | '\u{FFF9}'..='\u{FFFB}'
+        )
+}
+
+/// Text from outside (an agency's ids, subjects, values) made safe to echo:
+/// every unsafe character (see [`is_unsafe_char`]) written as a Rust-style
+/// escape such as `\n` or `\u{1b}`, so it can neither start a new line
+/// nor send an escape sequence to a terminal, and the result cut to at most
+/// `limit` characters (then `...`). Text with no unsafe character and
+/// within the limit comes back unchanged.
+pub fn printable(s: &str, limit: usize) -> String {
+    let mut out = String::with_capacity(s.len().min(limit.saturating_mul(4)) + 3);
+    let mut written = 0usize;
+    for c in s.chars() {
+        let piece: String = if matches!(c, '\n' | '\r' | '\t') {
+            c.escape_default().collect()
+        } else if is_unsafe_char(c) {
+            c.escape_unicode().collect()
+        } else {
+            c.into()
+        };
+        let len = piece.chars().count();
+        if written + len > limit {
+            out.push_str("...");
+            break;
+        }
+        out.push_str(&piece);
+        written += len;
     }
+    out
 }

@@ -6,6 +6,10 @@ use std::fmt;
 
 use lianxi_proto::v1::RejectionCode;
 
+/// The longest rejection reason, in characters; longer ones are cut
+/// (ending in `...`).
+pub const MAX_REASON_CHARS: usize = 2_000;
+
 /// Why an event was not applied.
 ///
 /// A rejection is a value, not a panic: the log keeps it next to the raw bytes
@@ -21,11 +25,14 @@ pub struct Rejection {
 }
 
 impl Rejection {
-    /// A rejection with the given code and reason.
+    /// A rejection with the given code and reason. The reason is made safe
+    /// to echo ([`crate::printable`]): at most [`MAX_REASON_CHARS`]
+    /// characters, no control or invisible format character, whatever
+    /// agency input it quotes.
     pub fn new(code: RejectionCode, reason: impl Into<String>) -> Self {
         Rejection {
             code,
-            reason: reason.into(),
+            reason: crate::agency::printable(&reason.into(), MAX_REASON_CHARS),
         }
     }
 }

@@ -72,23 +72,28 @@ pub mod personal;
 mod policy;
 mod query;
 mod rules;
+mod schema;
 mod state;
 mod time;
 mod validate;
 mod view;
 
 pub use agency::{
-    ALL_AGENCIES, EVENTS_SUBJECT_PREFIX, MAX_ID_LEN, agency_from_token, agency_name, agency_token,
-    event_subject, parse_subject,
+    ALL_AGENCIES, EVENTS_SUBJECT_PREFIX, MAX_ID_LEN, MAX_QUOTED_CHARS, agency_from_token,
+    agency_name, agency_token, event_subject, is_unsafe_char, parse_subject, printable,
+    subject_agency,
 };
 pub use context::{Context, EntryMeta, PriorCase};
 pub use describe::{describe, kind, person_ref};
-pub use error::{PolicyError, Rejection};
+pub use error::{MAX_REASON_CHARS, PolicyError, Rejection};
 pub use evaluate::{Evaluation, evaluate};
 pub use policy::Policy;
 pub use query::{
     DEFAULT_EXPIRING_WITHIN_DAYS, DURATION_NAMES, agenda, is_involved, matches, stats, summarize,
 };
 pub use rules::decide;
-pub use validate::{check_envelope, is_case_id};
+pub use schema::{decode_event, unknown_event_fields};
+pub use validate::{
+    MAX_CHILDREN, MAX_ITEMS, MAX_TEXT_CHARS, check_envelope, is_case_id, is_event_id,
+};
 pub use view::apply;

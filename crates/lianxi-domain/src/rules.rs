@@ -103,16 +103,16 @@ pub fn decide(
     let Some(view) = view else {
         return match body {
             Body::CaseOpened(_) if correction => Err(reject(
-                RejectionCode::BadCorrection,
+                RejectionCode::PredecessorMissing,
                 format!(
-                    "case {case} does not exist, so there is no opening to correct; send the opening without corrects_event_id"
+                    "case {case} has not been opened yet, so there is no opening to correct; publish the opening first (a new case is opened without corrects_event_id), then this correction again"
                 ),
             )),
             Body::CaseOpened(_) => Ok(()),
             _ => Err(reject(
-                RejectionCode::UnknownCase,
+                RejectionCode::PredecessorMissing,
                 format!(
-                    "case {case} has not been opened; open the case first with a case_opened event"
+                    "case {case} has not been opened yet; once its case_opened event is stored, publish this event again (the client library does so by itself)"
                 ),
             )),
         };
@@ -160,6 +160,7 @@ pub fn decide(
             ),
         ));
     }
+    predecessor(view, event, body, corrected)?;
     let committee = agency == Agency::PoliticalLegalCommittee;
     if matches!(body, Body::CaseClosed(_) | Body::CaseReopened(_))
         && !committee
@@ -409,15 +410,158 @@ fn correction_rules(
     }
 }
 
+/// A record of the case that no stored event has created (yet): the event
+/// may only have arrived before the one that creates it.
 fn unknown(view: &CaseView, what: &str, id: &str) -> Rejection {
+    missing_record(view, what, id, "the event that creates it")
+}
+
+fn missing_record(view: &CaseView, what: &str, id: &str, creator: &str) -> Rejection {
     reject(
-        RejectionCode::UnknownReference,
+        RejectionCode::PredecessorMissing,
         format!(
-            "{what} {} does not exist in case {}; check the {what} id",
+            "{what} {} does not exist in case {} yet; once {creator} is stored, publish this event again (the client library does so by itself); if no such event was sent, check the {what} id",
             shorten(id),
             view.case_id
         ),
     )
+}
+
+/// Whether the event only waits for an earlier event of the case: the
+/// event it corrects, or the record it refers to (a referral, alarm,
+/// warning, order, application, placement, inspection, meeting listing or
+/// action), is not in the case yet. Checked before involvement: an agency
+/// answering a referral that has not arrived is not involved yet either,
+/// and the missing referral is what to report. A correction is looked up
+/// among the correcting agency's own events only (event ids are each
+/// agency's own), so another agency's event is never named here.
+fn predecessor(
+    view: &CaseView,
+    event: &Event,
+    body: &Body,
+    corrected: Option<&Event>,
+) -> Result<(), Rejection> {
+    if let Some(target) = &event.corrects_event_id {
+        if corrected.is_none() {
+            return Err(reject(
+                RejectionCode::PredecessorMissing,
+                format!(
+                    "event {} of {} is not in the log yet, so it cannot be corrected; once it is stored, publish this correction again (the client library does so by itself); if it was never sent, check the id of the event you mean to correct",
+                    shorten(target),
+                    agency_object_i32(event.agency)
+                ),
+            ));
+        }
+        return Ok(());
+    }
+    let exists =
+        |prefix: &str, id: &str| find_obligation(view, &obligation_id(prefix, id)).is_some();
+    let order = |id: &str| view.orders.iter().any(|o| o.order_id == id);
+    let missing =
+        |what: &str, id: &str, creator: &str| Err(missing_record(view, what, id, creator));
+    match body {
+        Body::ReferralAccepted(b)
+            if !view
+                .referrals
+                .iter()
+                .any(|r| r.referral_id == b.referral_id) =>
+        {
+            missing("referral", &b.referral_id, "its referral_issued")
+        }
+        Body::ReferralReturned(b)
+            if !view
+                .referrals
+                .iter()
+                .any(|r| r.referral_id == b.referral_id) =>
+        {
+            missing("referral", &b.referral_id, "its referral_issued")
+        }
+        Body::OfficersDispatched(b) if !exists(ALARM_ARRIVAL, &b.alarm_id) => {
+            missing("alarm", &b.alarm_id, "its alarm_received")
+        }
+        Body::OfficersArrived(b) if !exists(ALARM_ARRIVAL, &b.alarm_id) => {
+            missing("alarm", &b.alarm_id, "its alarm_received")
+        }
+        Body::AlarmDisposed(b) if !exists(ALARM_ARRIVAL, &b.alarm_id) => {
+            missing("alarm", &b.alarm_id, "its alarm_received")
+        }
+        Body::FollowUpVisitRecorded(b) if !exists(WARNING_FOLLOW_UP, &b.warning_id) => missing(
+            "written warning",
+            &b.warning_id,
+            "its written_warning_issued",
+        ),
+        Body::ProtectionOrderChecked(b) if !order(&b.order_id) => missing(
+            "protection order",
+            &b.order_id,
+            "the protection_order_decided granting it",
+        ),
+        Body::ProtectionOrderViolated(b) if !order(&b.order_id) => missing(
+            "protection order",
+            &b.order_id,
+            "the protection_order_decided granting it",
+        ),
+        Body::ProtectionOrderChanged(b) if !order(&b.order_id) => missing(
+            "protection order",
+            &b.order_id,
+            "the protection_order_decided granting it",
+        ),
+        Body::ProtectionOrderDecided(b)
+            if find_obligation(view, &obligation_id(ORDER_DECISION, &b.application_id))
+                .is_none() =>
+        {
+            missing(
+                "protection-order application",
+                &b.application_id,
+                "its protection_order_applied",
+            )
+        }
+        Body::ShelterExtended(b) if !placement_exists(view, &b.placement_id) => {
+            missing("placement", &b.placement_id, "its shelter_admitted")
+        }
+        Body::ShelterExited(b) if !placement_exists(view, &b.placement_id) => {
+            missing("placement", &b.placement_id, "its shelter_admitted")
+        }
+        Body::LabourViolationFound(b) if find_inspection(view, &b.inspection_id).is_none() => {
+            missing(
+                "labour inspection",
+                &b.inspection_id,
+                "its labour_inspection_opened",
+            )
+        }
+        Body::LegalAidDecided(b) if find_legal_aid(view, &b.application_id).is_none() => missing(
+            "legal-aid application",
+            &b.application_id,
+            "its legal_aid_applied",
+        ),
+        Body::LawyerAssigned(b) => match find_legal_aid(view, &b.application_id) {
+            None => missing(
+                "legal-aid application",
+                &b.application_id,
+                "its legal_aid_applied",
+            ),
+            Some(app) if !app.decided => Err(reject(
+                RejectionCode::PredecessorMissing,
+                format!(
+                    "legal-aid application {} in case {} has not been decided yet; once its legal_aid_decided is stored, publish this event again (the client library does so by itself)",
+                    shorten(&b.application_id),
+                    view.case_id
+                ),
+            )),
+            Some(_) => Ok(()),
+        },
+        Body::MeetingHeld(b) if find_meeting(view, &b.meeting_id).is_none() => Err(reject(
+            RejectionCode::PredecessorMissing,
+            format!(
+                "case {} is not listed for meeting {} yet; once its case_listed is stored, publish this event again (the client library does so by itself); if the case was never listed, list it first",
+                view.case_id,
+                shorten(&b.meeting_id)
+            ),
+        )),
+        Body::ActionReported(b) if !view.actions.iter().any(|a| a.action_id == b.action_id) => {
+            missing("action", &b.action_id, "its action_agreed")
+        }
+        _ => Ok(()),
+    }
 }
 
 fn after(t: &Timestamp, base: &Timestamp, field: &str, what: &str) -> Result<(), Rejection> {
@@ -611,7 +755,7 @@ fn body_rules(
         }
         Body::LabourViolationFound(b) if find_inspection(view, &b.inspection_id).is_none() => {
             Err(reject(
-                RejectionCode::UnknownReference,
+                RejectionCode::PredecessorMissing,
                 format!(
                     "labour inspection {} does not exist in case {case}; open the inspection first with labour_inspection_opened",
                     shorten(&b.inspection_id)
@@ -687,7 +831,7 @@ fn body_rules(
             )),
             Some(_) => Ok(()),
             None => Err(reject(
-                RejectionCode::UnknownReference,
+                RejectionCode::PredecessorMissing,
                 format!(
                     "case {case} is not listed for meeting {}; list it for that meeting first",
                     shorten(&b.meeting_id)

@@ -18,9 +18,10 @@ use crate::error::Rejection;
 use crate::time;
 
 /// The longest free-text field, in characters.
-pub(crate) const MAX_TEXT_CHARS: usize = 4_096;
-/// The most items in a repeated field.
-pub(crate) const MAX_ITEMS: usize = 64;
+pub const MAX_TEXT_CHARS: usize = 4_096;
+/// The most items in a repeated field of text (risk factors, order
+/// measures).
+pub const MAX_ITEMS: usize = 64;
 
 fn missing(field: &str, hint: &str) -> Rejection {
     Rejection::new(
@@ -56,6 +57,12 @@ pub(crate) fn check_id(value: &str, field: &str) -> Result<(), Rejection> {
         ));
     }
     Ok(())
+}
+
+/// Whether `value` is a well-formed event id (or other record id): 1 to
+/// `MAX_ID_LEN` characters of A-Z a-z 0-9 _ . : -.
+pub fn is_event_id(value: &str) -> bool {
+    id_ok(value, &['.', ':'])
 }
 
 /// Whether `value` is a well-formed case id: 1 to `MAX_ID_LEN` characters
@@ -231,7 +238,7 @@ pub(crate) fn check_event(event: &Event) -> Result<(), Rejection> {
 }
 
 /// The most children one opening may record.
-const MAX_CHILDREN: usize = 20;
+pub const MAX_CHILDREN: usize = 20;
 
 fn check_body(agency: Agency, body: &Body) -> Result<(), Rejection> {
     const CHANNELS: &str = "a channel such as hotline_12338, walk_in or letter";

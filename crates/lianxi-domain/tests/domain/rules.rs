@@ -25,8 +25,11 @@ fn involving(agencies: &[Agency]) -> Vec<Event> {
 
 #[test]
 fn an_event_for_a_case_never_opened_is_rejected() {
-    let r = given(vec![]).then_reject(ev("e-1", WF, T1, risk(RiskLevel::High, 80)), R::UnknownCase);
-    assert!(r.reason.contains("open the case first"), "{}", r.reason);
+    let r = given(vec![]).then_reject(
+        ev("e-1", WF, T1, risk(RiskLevel::High, 80)),
+        R::PredecessorMissing,
+    );
+    assert!(r.reason.contains("has not been opened yet"), "{}", r.reason);
     assert!(r.reason.contains(CASE));
 }
 
@@ -39,7 +42,7 @@ fn a_case_cannot_be_opened_twice() {
 fn a_correction_of_an_opening_needs_the_case() {
     given(vec![]).then_reject(
         corr("e-2", WF, T1, "e-open", open_hotline()),
-        R::BadCorrection,
+        R::PredecessorMissing,
     );
 }
 
@@ -227,10 +230,10 @@ fn referral_rules() {
     );
     base().then_reject(ev("e-2", WF, T2, ret("r-1")), R::NotPermitted);
     // Unknown id.
-    let r = base().then_reject(ev("e-2", COURT, T2, accept("r-9")), R::UnknownReference);
+    let r = base().then_reject(ev("e-2", COURT, T2, accept("r-9")), R::PredecessorMissing);
     assert_eq!(
         r.reason,
-        "referral r-9 does not exist in case C-1; check the referral id"
+        "referral r-9 does not exist in case C-1 yet; once its referral_issued is stored, publish this event again (the client library does so by itself); if no such event was sent, check the referral id"
     );
     // Only once.
     let answered = || base().given(vec![ev("e-a", COURT, T2, accept("r-1"))]);
@@ -281,7 +284,7 @@ fn order_application_and_decision_rules() {
             T3,
             granted("app-9", "o-1", "2026-06-01T00:00:00Z"),
         ),
-        R::UnknownReference,
+        R::PredecessorMissing,
     );
     with_order().then_reject(ev("e-x", COURT, T3, rejected("app-1")), R::AlreadyDone);
     with_order()
@@ -378,10 +381,13 @@ fn order_change_check_and_violation_rules() {
         changed("o-9", OrderChange::Reviewed, None),
         changed("o-9", OrderChange::Revoked, None),
     ] {
-        with_order().then_reject(ev("e-x", COURT, T3, body), R::UnknownReference);
+        with_order().then_reject(ev("e-x", COURT, T3, body), R::PredecessorMissing);
     }
-    with_order().then_reject(ev("e-x", POLICE, T3, checked("o-9")), R::UnknownReference);
-    with_order().then_reject(ev("e-x", POLICE, T3, violated("o-9")), R::UnknownReference);
+    with_order().then_reject(ev("e-x", POLICE, T3, checked("o-9")), R::PredecessorMissing);
+    with_order().then_reject(
+        ev("e-x", POLICE, T3, violated("o-9")),
+        R::PredecessorMissing,
+    );
     with_order().then_reject(
         ev(
             "e-x",
@@ -485,7 +491,7 @@ fn police_references_must_exist() {
         disposed("a-9"),
         visit("w-9"),
     ] {
-        s().then_reject(ev("e-x", POLICE, T3, body), R::UnknownReference);
+        s().then_reject(ev("e-x", POLICE, T3, body), R::PredecessorMissing);
     }
     for body in [
         dispatched("a-1"),
@@ -517,9 +523,9 @@ fn shelter_rules() {
     s().then_reject(ev("e-x", CIVIL, T3, admitted("p-1", false)), R::Conflict);
     s().then_reject(
         ev("e-x", CIVIL, T3, extended("p-9", "2026-03-20T00:00:00Z")),
-        R::UnknownReference,
+        R::PredecessorMissing,
     );
-    s().then_reject(ev("e-x", CIVIL, T3, exited("p-9")), R::UnknownReference);
+    s().then_reject(ev("e-x", CIVIL, T3, exited("p-9")), R::PredecessorMissing);
     s().then_reject(
         ev("e-x", CIVIL, T3, extended("p-1", "2026-03-01T00:00:00Z")),
         R::InvalidField,
@@ -576,7 +582,7 @@ fn a_labour_violation_needs_an_existing_inspection() {
     // Given no inspection, when a violation is reported, then it is refused.
     let r = s().then_reject(
         ev("e-x", LABOUR, T3, labour_violation("i-1")),
-        R::UnknownReference,
+        R::PredecessorMissing,
     );
     assert!(
         r.reason.contains("labour inspection i-1 does not exist"),
@@ -587,7 +593,7 @@ fn a_labour_violation_needs_an_existing_inspection() {
     let inspected = || s().given(vec![ev("e-i", LABOUR, T2, inspection("i-1"))]);
     inspected().then_reject(
         ev("e-x", LABOUR, T3, labour_violation("i-2")),
-        R::UnknownReference,
+        R::PredecessorMissing,
     );
     // An inspection id is opened once.
     inspected().then_reject(ev("e-x", LABOUR, T3, inspection("i-1")), R::Conflict);
@@ -620,10 +626,17 @@ fn legal_aid_rules() {
     s().then_reject(ev("e-x", JUSTICE, T3, aid_applied("la-1")), R::Conflict);
     s().then_reject(
         ev("e-x", JUSTICE, T3, aid_decided("la-9", true)),
-        R::UnknownReference,
+        R::PredecessorMissing,
     );
-    s().then_reject(ev("e-x", JUSTICE, T3, lawyer("la-9")), R::UnknownReference);
-    s().then_reject(ev("e-x", JUSTICE, T3, lawyer("la-1")), R::Conflict);
+    s().then_reject(
+        ev("e-x", JUSTICE, T3, lawyer("la-9")),
+        R::PredecessorMissing,
+    );
+    // A lawyer before the decision only waits for the decision.
+    s().then_reject(
+        ev("e-x", JUSTICE, T3, lawyer("la-1")),
+        R::PredecessorMissing,
+    );
     let decided = |granted| s().given(vec![ev("e-d", JUSTICE, T3, aid_decided("la-1", granted))]);
     decided(true).then_reject(
         ev("e-x", JUSTICE, T3, aid_decided("la-1", false)),
@@ -701,7 +714,7 @@ fn action_rules() {
     assert!(r.reason.contains("owned by the police"), "{}", r.reason);
     s().then_reject(
         ev("e-x", POLICE, T3, reported("x-9", ActionOutcome::Done)),
-        R::UnknownReference,
+        R::PredecessorMissing,
     );
     s().then_reject(
         ev(
@@ -773,7 +786,7 @@ fn meeting_rules() {
             ev("e-l", PLC, T1, listed("m-1", "2026-03-10T09:00:00Z")),
         ])
     };
-    let r = s().then_reject(ev("e-x", PLC, T2, held("m-2")), R::UnknownReference);
+    let r = s().then_reject(ev("e-x", PLC, T2, held("m-2")), R::PredecessorMissing);
     assert!(r.reason.contains("not listed for meeting m-2"));
     s().then_reject(
         ev("e-x", PLC, T2, listed("m-1", "2026-03-10T09:00:00Z")),
@@ -945,7 +958,7 @@ fn correction_rules() {
     };
     let r = s().then_reject(
         corr("e-x", WF, T3, "e-nope", risk(RiskLevel::High, 90)),
-        R::BadCorrection,
+        R::PredecessorMissing,
     );
     assert!(r.reason.contains("e-nope"));
     let r = s().then_reject(
