@@ -143,9 +143,10 @@ fn walk(
 /// schema does not know is `SCHEMA_NEWER` (returned with the event as far
 /// as it decoded, so its ids can be reported). The size limit is checked
 /// by the caller, before decoding.
-pub fn decode_event(payload: &[u8]) -> Result<Event, (Option<Event>, Rejection)> {
+#[allow(clippy::type_complexity)]
+pub fn decode_event(payload: &[u8]) -> Result<Event, Box<(Option<Event>, Rejection)>> {
     let event = Event::decode(payload).map_err(|e| {
-        (
+        Box::new((
             None,
             Rejection::new(
                 RejectionCode::Malformed,
@@ -153,7 +154,7 @@ pub fn decode_event(payload: &[u8]) -> Result<Event, (Option<Event>, Rejection)>
                     "the message is not a protobuf lianxi.v1.Event ({e}); publish the binary encoding of lianxi.v1.Event"
                 ),
             ),
-        )
+        ))
     })?;
     let unknown = unknown_event_fields(payload);
     if unknown.is_empty() {
@@ -173,7 +174,7 @@ pub fn decode_event(payload: &[u8]) -> Result<Event, (Option<Event>, Rejection)>
     } else {
         "fields this node does not know"
     };
-    Err((
+    Err(Box::new((
         Some(event),
         Rejection::new(
             RejectionCode::SchemaNewer,
@@ -182,5 +183,5 @@ pub fn decode_event(payload: &[u8]) -> Result<Event, (Option<Event>, Rejection)>
                  Nothing was stored; ask the node's operator to upgrade lianxi, then publish the event again under its own event id"
             ),
         ),
-    ))
+    )))
 }
