@@ -364,7 +364,11 @@ async fn bad_input_is_rejected_with_a_reason_and_good_events_still_land() {
         ]
     );
     assert!(rejected.iter().all(|r| r.reason.len() > 20), "{rejected:?}");
-    assert_eq!(rejected[0].raw, vec![0xff, 0xff, 0xff, 0x00]);
+    // Bytes that are not an event, on the case's subject: kept sealed under
+    // the case's key, never in the clear.
+    assert!(rejected[0].raw.is_empty(), "{:?}", rejected[0]);
+    assert!(rejected[0].sealed_raw.is_some());
+    assert_eq!(rejected[0].raw_len, 4);
     assert_eq!(log.duplicates(0, 10).unwrap().len(), 1);
     assert_eq!(log.checkpoint().global_sequence, 2);
     assert_eq!(log.checkpoint().stream_sequence, dup_seq);

@@ -31,7 +31,8 @@ const LOOKUP_QUEUE: &str = "lianxi-nodes";
 const MAX_IN_FLIGHT: usize = 1024;
 
 /// The subject a receipt goes out on: the agency of the subject the message
-/// arrived on, or `unknown` when that subject named no agency.
+/// arrived on (its agency token, even when the rest of the subject is
+/// malformed), or `unknown` when that subject named no agency.
 pub fn receipt_subject(agency: Agency) -> String {
     let token = lianxi_domain::agency_token(agency).unwrap_or("unknown");
     format!("{RECEIPTS_PREFIX}.{token}")
@@ -169,10 +170,14 @@ pub async fn run_lookups(
     }
 }
 
+/// The receipt of one agency's event id. Event ids are each agency's own
+/// namespace: the log is asked for (agency, event id), so another agency's
+/// event with the same id is never found; the agency check on the receipt
+/// stays as a second guard.
 fn lookup(log: &Log, agency: Agency, event_id: &str) -> Result<LookupReply> {
     let applied = log.checkpoint().stream_sequence;
     let receipt: Option<Receipt> = log
-        .receipt_for_event(event_id)?
+        .receipt_for_event(agency, event_id)?
         .filter(|r| r.agency == agency as i32);
     Ok(LookupReply {
         found: receipt.is_some(),

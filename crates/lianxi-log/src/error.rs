@@ -26,6 +26,10 @@ pub enum Error {
         "{what} is not available; nothing was written. Check that the node reaches the key store, then the group is applied again"
     )]
     KeyUnavailable { what: String },
+    /// The data directory was written with a storage layout this version
+    /// does not read (see ARCHITECTURE.md, "Storage layout").
+    #[error("{detail}")]
+    Layout { detail: String },
 }
 
 fn range_bound(what: &str, size: u64) -> String {

@@ -5,7 +5,9 @@
 pub(crate) const ENTRY: u8 = b'L';
 /// `C` + case id + 0x00 + case sequence -> global sequence.
 pub(crate) const CASE_INDEX: u8 = b'C';
-/// `D` + event id -> global sequence. Permanent: the idempotency key.
+/// `D` + agency (one byte, the `Agency` number of the subject) + event id
+/// -> global sequence. Permanent: the idempotency key. Event ids are each
+/// agency's own namespace, so the key is (agency, event id).
 pub(crate) const DEDUP: u8 = b'D';
 /// `V` + case id -> `CaseView`.
 pub(crate) const VIEW: u8 = b'V';
@@ -69,7 +71,9 @@ pub(crate) const SIGNED_CHECKPOINT: u8 = b'Q';
 
 /// `S` + stream sequence -> global sequence of the entry it became.
 pub(crate) const BY_STREAM: u8 = b'S';
-/// `X` + event id -> stream sequence of the latest rejection of that id.
+/// `X` + agency (one byte, of the subject) + event id -> stream sequence of
+/// the latest rejection of that agency's event id. Written only for a
+/// subject whose agency token is valid and a well-formed event id.
 pub(crate) const REJECTED_ID: u8 = b'X';
 /// `E` + case id -> the stream sequence of the case's erasure, written with
 /// the erasure and removed once this node has destroyed the key and purged
@@ -81,6 +85,23 @@ pub(crate) const CHECKPOINT: &[u8] = b"Mcheckpoint";
 /// acknowledged. Written outside the group batches; losing it only means
 /// receipts are sent again (and deduplicated by their message id).
 pub(crate) const RECEIPTS_SENT: &[u8] = b"Mreceipts";
+/// `M` + name -> metadata: the storage layout version (one byte), written
+/// with every group. Layout 1 (no marker) keyed `D` and `X` by event id
+/// alone; layout 2 keys them by (agency, event id).
+pub(crate) const LAYOUT: &[u8] = b"Mlayout";
+/// The layout this version writes and reads.
+pub(crate) const LAYOUT_VERSION: u8 = 2;
+
+/// `prefix` + agency number (one byte) + id: the agency-scoped indexes
+/// (`D`, `X`). Agency numbers are 1 to 7; a layout-1 key has an id
+/// character there instead.
+pub(crate) fn scoped(prefix: u8, agency: lianxi_proto::v1::Agency, id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + id.len());
+    k.push(prefix);
+    k.push(u8::try_from(agency as i32).unwrap_or(0));
+    k.extend_from_slice(id.as_bytes());
+    k
+}
 
 pub(crate) fn seq(prefix: u8, n: u64) -> [u8; 9] {
     let mut k = [0u8; 9];

@@ -6,8 +6,8 @@ use lianxi_crypto::{DataKey, IndexKey};
 use lianxi_domain::{Context, EntryMeta, Policy, PriorCase, Rejection};
 use lianxi_proto::Timestamp;
 use lianxi_proto::v1::{
-    CaseView, Checkpoint, DuplicateRecord, Event, LogEntry, Receipt, RejectionCode,
-    RejectionRecord, Sealed, event::Body,
+    Agency, CaseView, Checkpoint, DuplicateRecord, Event, LogEntry, PersonalDataState, Receipt,
+    RejectionCode, RejectionRecord, Sealed, event::Body,
 };
 use prost::Message;
 use sha2::{Digest, Sha256};
@@ -319,6 +319,7 @@ impl Log {
     /// nothing is written, so the caller can fetch it and try again.
     pub fn append_group(&self, group: &[Incoming], keys: &GroupKeys) -> Result<GroupReport> {
         let mut cp = self.writer();
+        self.check_layout(&cp)?;
         // A log written before it kept a Merkle tree (or one whose tree was
         // damaged) must be rebuilt before it grows: say so before anything.
         if let Some(last) = cp.global_sequence.checked_sub(1)
@@ -360,8 +361,20 @@ impl Log {
             if msg.stream_sequence <= cp.stream_sequence {
                 continue;
             }
-            let Ok(event) = envelope(msg) else {
-                continue;
+            let event = match envelope(msg) {
+                Ok(event) => event,
+                Err(refused) => {
+                    // Bytes kept from a rejection on a case's subject are
+                    // sealed under that case's key, unless its personal
+                    // data is already erased (then nothing is kept).
+                    if let Some(case) = raw_case(msg, &refused)
+                        && !needed.cases.contains(&case)
+                        && self.case_view(&case)?.is_none_or(|v| !is_erased(&v))
+                    {
+                        needed.cases.push(case);
+                    }
+                    continue;
+                }
             };
             if person_key(&event).is_some() {
                 needed.index = true;
@@ -620,25 +633,57 @@ impl Log {
         Ok(None)
     }
 
-    /// The outcome for an event id: the accepted entry if there is one (a
-    /// re-sent copy is answered with the original), else its latest
-    /// rejection.
-    pub fn receipt_for_event(&self, event_id: &str) -> Result<Option<Receipt>> {
+    /// The outcome for one agency's event id: the accepted entry if there
+    /// is one (a re-sent copy is answered with the original), else its
+    /// latest rejection. Event ids are each agency's own: another agency's
+    /// event with the same id is never found.
+    pub fn receipt_for_event(&self, agency: Agency, event_id: &str) -> Result<Option<Receipt>> {
+        self.check_layout(&self.checkpoint())?;
         let tree = &self.inner.tree;
         if let Some(g) = tree
-            .get(keys::named(keys::DEDUP, event_id))?
+            .get(keys::scoped(keys::DEDUP, agency, event_id))?
             .as_deref()
             .and_then(keys::be_u64)
         {
             return Ok(read_entry(tree, g)?.map(|e| receipts::accepted(&e)));
         }
         match tree
-            .get(keys::named(keys::REJECTED_ID, event_id))?
+            .get(keys::scoped(keys::REJECTED_ID, agency, event_id))?
             .as_deref()
             .and_then(keys::be_u64)
         {
             Some(seq) => self.receipt(seq),
             None => Ok(None),
+        }
+    }
+
+    /// Refuses a data directory written with another storage layout: its
+    /// duplicate and lookup indexes would be misread (an old `D` key is
+    /// never found under the agency-scoped key, so a re-sent event would be
+    /// applied twice and a lookup would say "not found, safe to publish").
+    fn check_layout(&self, cp: &Checkpoint) -> Result<()> {
+        let tree = &self.inner.tree;
+        match tree.get(keys::LAYOUT)? {
+            Some(v) if v.as_ref() == [keys::LAYOUT_VERSION] => Ok(()),
+            Some(v) => Err(Error::Layout {
+                detail: format!(
+                    "the data directory has storage layout {}, and this lianxi reads layout {}; run the lianxi version that wrote it, or start this one on an empty data directory (it reads the events stream again from the start)",
+                    v.first().copied().unwrap_or(0),
+                    keys::LAYOUT_VERSION
+                ),
+            }),
+            None if cp.stream_sequence == 0
+                && cp.global_sequence == 0
+                && tree.scan_prefix([keys::DEDUP]).next().is_none() =>
+            {
+                Ok(())
+            }
+            None => Err(Error::Layout {
+                detail: format!(
+                    "the data directory was written by a lianxi from before event ids were scoped by agency (storage layout 1); this version reads layout {} and would misread its duplicate and lookup indexes, so it refuses to use it. Move the directory aside and start the node on an empty one: it reads the events stream again from the start and rebuilds the log (or keep running the older lianxi on it)",
+                    keys::LAYOUT_VERSION
+                ),
+            }),
         }
     }
 
@@ -837,7 +882,7 @@ impl Log {
                     detail: format!("does not point at entry {expected}"),
                 });
             }
-            let dedup = tree.get(keys::named(keys::DEDUP, &event.event_id))?;
+            let dedup = tree.get(keys::scoped(keys::DEDUP, agency_of(event), &event.event_id))?;
             if dedup.as_deref().and_then(keys::be_u64) != Some(expected) {
                 return Err(Error::Corruption {
                     at: Location::Dedup(event.event_id.clone()),
@@ -1151,13 +1196,15 @@ struct Group<'a> {
     cp: Checkpoint,
     batch: sled::Batch,
     views: HashMap<String, CaseView>,
-    dedup: HashMap<String, u64>,
+    /// Accepted in this group: (agency, event id) -> global sequence.
+    dedup: HashMap<(Agency, String), u64>,
     /// Person index changes: the person's latest case, or `None` when an
     /// erasure removed it.
     persons: HashMap<String, Option<PriorCase>>,
     /// The person token of openings applied in this group, by case.
     case_persons: HashMap<String, String>,
-    events: HashMap<String, Event>,
+    /// Accepted in this group, by (agency, event id), for corrections.
+    events: HashMap<(Agency, String), Event>,
     keys: &'a GroupKeys,
     /// Merkle tree nodes written by earlier entries of this group.
     nodes: HashMap<(u8, u64), Hash>,
@@ -1197,6 +1244,7 @@ impl<'a> Group<'a> {
             }
         }
         self.batch.insert(keys::CHECKPOINT, self.cp.encode_to_vec());
+        self.batch.insert(keys::LAYOUT, &[keys::LAYOUT_VERSION]);
         (self.batch, self.cp)
     }
 
@@ -1209,7 +1257,7 @@ impl<'a> Group<'a> {
         // looked up by id, so a re-sent event is a duplicate (pointing at the
         // original) rather than a rule violation against the later state.
         let checked = match envelope(msg) {
-            Ok(event) => match self.dedup_lookup(&event.event_id)? {
+            Ok(event) => match self.dedup_lookup(agency_of(&event), &event.event_id)? {
                 Some(original) => return Ok(self.duplicate(msg, event, original)),
                 None => self.decide(event)?,
             },
@@ -1219,7 +1267,7 @@ impl<'a> Group<'a> {
             Ok(event) => self.accept(msg, event),
             Err(refused) => {
                 let (event, rejection) = *refused;
-                Ok(self.reject(msg, event, rejection))
+                self.reject(msg, event, rejection)
             }
         }
     }
@@ -1247,64 +1295,89 @@ impl<'a> Group<'a> {
         msg: &Incoming,
         event: Option<Event>,
         rejection: Rejection,
-    ) -> EventOutcome {
-        // A rejection keeps no personal values: an event that decoded is
-        // kept re-encoded with them emptied; bytes that are not an event are
-        // kept as they came (cut), since nothing can be found in them.
-        let raw = match &event {
-            Some(e) => {
+    ) -> Result<EventOutcome> {
+        // A rejection keeps no personal values in the clear: an event that
+        // decoded (in this node's schema) is kept re-encoded with them
+        // emptied; other bytes are kept sealed under the key of the case
+        // their subject names (so an erasure erases them too), as nothing
+        // if that case is already erased, and as they came only when the
+        // subject names no case.
+        let original = event.is_none() || rejection.code == RejectionCode::SchemaNewer;
+        let cut = &msg.payload[..msg.payload.len().min(MAX_EVENT_BYTES)];
+        let (mut raw, mut sealed_raw, mut raw_withheld) = (Vec::new(), None, false);
+        match (&event, original, subject_case(&msg.subject)) {
+            (Some(e), false, _) => {
                 let mut e = e.clone();
                 lianxi_crypto::strip(&mut e);
-                e.encode_to_vec()
+                raw = e.encode_to_vec();
             }
-            None => msg.payload[..msg.payload.len().min(MAX_EVENT_BYTES)].to_vec(),
-        };
+            (_, _, Some(case)) => {
+                if self.view(&case)?.is_some_and(|v| is_erased(&v)) {
+                    raw_withheld = true;
+                } else {
+                    let key = self.keys.case(&case)?;
+                    sealed_raw = Some(seal_raw(&key, &case, msg.stream_sequence, cut));
+                }
+            }
+            (_, _, None) => raw = cut.to_vec(),
+        }
+        let reason = lianxi_domain::printable(&rejection.reason, lianxi_domain::MAX_REASON_CHARS);
         let record = RejectionRecord {
             stream_sequence: msg.stream_sequence,
             subject: msg.subject.clone(),
             recorded_at: Some(msg.recorded_at),
             code: rejection.code as i32,
-            reason: rejection.reason.clone(),
+            reason: reason.clone(),
             raw,
             event_id: event
                 .as_ref()
-                .map(|e| e.event_id.clone())
+                .map(|e| echo_id(&e.event_id))
                 .unwrap_or_default(),
             case_id: event
                 .as_ref()
-                .map(|e| e.case_id.clone())
+                .map(|e| echo_id(&e.case_id))
                 .unwrap_or_default(),
             raw_len: msg.payload.len() as u64,
+            sealed_raw,
+            raw_withheld,
         };
         tracing::info!(
             stream_sequence = msg.stream_sequence,
-            subject = %msg.subject,
+            subject = %lianxi_domain::printable(&msg.subject, ECHO_SUBJECT_CHARS),
             code = ?rejection.code,
-            reason = %rejection.reason,
+            reason = %reason,
             "event rejected"
         );
         self.batch.insert(
             &keys::seq(keys::REJECTION, msg.stream_sequence),
             record.encode_to_vec(),
         );
-        if !record.event_id.is_empty() {
+        // The lookup index: only the subject's agency may ask, and only
+        // about a well-formed id.
+        if let Some(agency) = lianxi_domain::subject_agency(&msg.subject)
+            && lianxi_domain::is_event_id(&record.event_id)
+        {
             self.batch.insert(
-                keys::named(keys::REJECTED_ID, &record.event_id),
+                keys::scoped(keys::REJECTED_ID, agency, &record.event_id),
                 &msg.stream_sequence.to_be_bytes(),
             );
         }
-        EventOutcome::Rejected {
-            event_id: event.map(|e| e.event_id),
+        Ok(EventOutcome::Rejected {
+            event_id: event.map(|_| record.event_id),
             code: rejection.code,
-            reason: rejection.reason,
-        }
+            reason,
+        })
     }
 
     /// The state rules. The outer `Result` is a storage failure.
     fn decide(&mut self, event: Event) -> Result<Checked> {
         let view = self.view(&event.case_id)?;
+        // Only the agency's own events can be corrected (DOMAIN.md: a
+        // correction names an earlier event of the same agency), and event
+        // ids are each agency's own: look up (own agency, id), so another
+        // agency's event is never found, named or compared.
         let corrected = match &event.corrects_event_id {
-            Some(id) => self.find_event(id)?,
+            Some(id) => self.find_event(agency_of(&event), id)?,
             None => None,
         };
         let person = self.person_of(&event)?;
@@ -1388,8 +1461,9 @@ impl<'a> Group<'a> {
             keys::case_index(&event.case_id, case_sequence),
             &global_sequence.to_be_bytes(),
         );
+        let agency = agency_of(&event);
         self.batch.insert(
-            keys::named(keys::DEDUP, &event.event_id),
+            keys::scoped(keys::DEDUP, agency, &event.event_id),
             &global_sequence.to_be_bytes(),
         );
         self.batch.insert(
@@ -1398,7 +1472,8 @@ impl<'a> Group<'a> {
         );
         self.add_leaf(global_sequence - 1, &hash)?;
         self.views.insert(event.case_id.clone(), view);
-        self.dedup.insert(event.event_id.clone(), global_sequence);
+        self.dedup
+            .insert((agency, event.event_id.clone()), global_sequence);
         self.cp.global_sequence = global_sequence;
         self.cp.last_hash = hash.to_vec();
         tracing::debug!(
@@ -1416,7 +1491,7 @@ impl<'a> Group<'a> {
             hash,
             erased,
         };
-        self.events.insert(event.event_id.clone(), event);
+        self.events.insert((agency, event.event_id.clone()), event);
         Ok(outcome)
     }
 
@@ -1446,22 +1521,22 @@ impl<'a> Group<'a> {
         }
     }
 
-    fn dedup_lookup(&self, event_id: &str) -> Result<Option<u64>> {
-        if let Some(g) = self.dedup.get(event_id) {
+    fn dedup_lookup(&self, agency: Agency, event_id: &str) -> Result<Option<u64>> {
+        if let Some(g) = self.dedup.get(&(agency, event_id.to_owned())) {
             return Ok(Some(*g));
         }
         Ok(self
             .tree()
-            .get(keys::named(keys::DEDUP, event_id))?
+            .get(keys::scoped(keys::DEDUP, agency, event_id))?
             .as_deref()
             .and_then(keys::be_u64))
     }
 
-    fn find_event(&self, event_id: &str) -> Result<Option<Event>> {
-        if let Some(e) = self.events.get(event_id) {
+    fn find_event(&self, agency: Agency, event_id: &str) -> Result<Option<Event>> {
+        if let Some(e) = self.events.get(&(agency, event_id.to_owned())) {
             return Ok(Some(e.clone()));
         }
-        match self.dedup_lookup(event_id)? {
+        match self.dedup_lookup(agency, event_id)? {
             Some(g) => Ok(read_entry(self.tree(), g)?.and_then(|e| e.event)),
             None => Ok(None),
         }
@@ -1536,17 +1611,7 @@ fn envelope(msg: &Incoming) -> Checked {
             },
         )));
     }
-    let event = Event::decode(msg.payload.as_slice()).map_err(|e| {
-        Box::new((
-            None,
-            Rejection {
-                code: RejectionCode::Malformed,
-                reason: format!(
-                    "the message is not a protobuf lianxi.v1.Event ({e}); publish the binary encoding of lianxi.v1.Event"
-                ),
-            },
-        ))
-    })?;
+    let event = lianxi_domain::decode_event(&msg.payload)?;
     match lianxi_domain::check_envelope(&msg.subject, &event) {
         Ok(()) => Ok(event),
         Err(r) => Err(Box::new((Some(event), r))),
@@ -1568,6 +1633,59 @@ fn person_key(event: &Event) -> Option<&str> {
 /// The person token of a stored case opening, as the index's key (hex).
 fn entry_person(entry: &LogEntry) -> Option<String> {
     (!entry.person_token.is_empty()).then(|| hex::encode(&entry.person_token))
+}
+
+/// The agency an event is keyed under: its own, which `check_envelope`
+/// made equal to its subject's (the bus guarantees the subject).
+fn agency_of(event: &Event) -> Agency {
+    Agency::try_from(event.agency).unwrap_or(Agency::Unspecified)
+}
+
+/// The case a well-formed events subject names.
+fn subject_case(subject: &str) -> Option<String> {
+    lianxi_domain::parse_subject(subject).ok().map(|(_, c)| c)
+}
+
+/// The case whose key seals the bytes a rejection keeps: set for bytes
+/// that are kept as received (not an event, too large, a newer schema) on
+/// a case's subject.
+fn raw_case(msg: &Incoming, refused: &(Option<Event>, Rejection)) -> Option<String> {
+    let (event, rejection) = refused;
+    (event.is_none() || rejection.code == RejectionCode::SchemaNewer)
+        .then(|| subject_case(&msg.subject))
+        .flatten()
+}
+
+fn is_erased(view: &CaseView) -> bool {
+    lianxi_domain::personal::state_of(view.personal_data) == PersonalDataState::Erased
+}
+
+/// The longest subject quoted in a log line.
+const ECHO_SUBJECT_CHARS: usize = 200;
+
+/// An id as a rejection record and its receipt keep it: as sent when it
+/// is a short token without unsafe characters, otherwise escaped and cut.
+fn echo_id(id: &str) -> String {
+    lianxi_domain::printable(id, lianxi_domain::MAX_ID_LEN)
+}
+
+/// Seals the bytes of a rejected message under the case's key, as a
+/// personal value at path "raw" of the envelope (case, "stream-<seq>"):
+/// deterministic, so every node stores the same record.
+fn seal_raw(key: &DataKey, case_id: &str, stream_sequence: u64, bytes: &[u8]) -> Sealed {
+    use base64::Engine as _;
+    let text = base64::engine::general_purpose::STANDARD.encode(bytes);
+    Sealed {
+        path: "raw".into(),
+        ciphertext: lianxi_crypto::seal_value(
+            key,
+            case_id,
+            &format!("stream-{stream_sequence}"),
+            "raw",
+            &text,
+        ),
+        ..Sealed::default()
+    }
 }
 
 fn is_erasure(event: &Event) -> bool {

@@ -6,12 +6,16 @@ use lianxi_proto::v1::{
 };
 
 /// The agency named by the subject a message arrived on (the subject, not
-/// the body: the bus lets an agency publish only on its own subjects).
+/// the body: the bus lets an agency publish only on its own subjects),
+/// whenever its agency token is valid, even if the rest of the subject is
+/// malformed: the receipt of a message on `lianxi.v1.events.police.A.B`
+/// goes to the police.
 fn subject_agency(subject: &str) -> Agency {
-    lianxi_domain::parse_subject(subject)
-        .map(|(a, _)| a)
-        .unwrap_or(Agency::Unspecified)
+    lianxi_domain::subject_agency(subject).unwrap_or(Agency::Unspecified)
 }
+
+/// The longest subject a receipt echoes.
+const ECHO_SUBJECT_CHARS: usize = 200;
 
 pub(crate) fn accepted(entry: &LogEntry) -> Receipt {
     let event = entry.event.clone().unwrap_or_default();
@@ -44,17 +48,21 @@ pub(crate) fn duplicate(d: &DuplicateRecord, case_id: String) -> Receipt {
     }
 }
 
+/// The receipt of a rejection: everything it echoes of the message (ids,
+/// subject, reason) is escaped and bounded (`lianxi_domain::printable`),
+/// so a hostile value cannot reach a terminal or a log through it.
 pub fn rejected(r: &RejectionRecord) -> Receipt {
+    use lianxi_domain::{MAX_ID_LEN, MAX_REASON_CHARS, printable};
     Receipt {
         status: ReceiptStatus::Rejected as i32,
-        event_id: r.event_id.clone(),
-        case_id: r.case_id.clone(),
+        event_id: printable(&r.event_id, MAX_ID_LEN),
+        case_id: printable(&r.case_id, MAX_ID_LEN),
         agency: subject_agency(&r.subject) as i32,
-        subject: r.subject.clone(),
+        subject: printable(&r.subject, ECHO_SUBJECT_CHARS),
         stream_sequence: r.stream_sequence,
         recorded_at: r.recorded_at,
         code: r.code,
-        reason: r.reason.clone(),
+        reason: printable(&r.reason, MAX_REASON_CHARS),
         ..Receipt::default()
     }
 }

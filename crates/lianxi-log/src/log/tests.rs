@@ -183,7 +183,8 @@ impl Gen {
 #[derive(Default)]
 struct Model {
     views: BTreeMap<String, CaseView>,
-    ids: HashMap<String, Event>,
+    /// Accepted events by (agency, event id): each agency's own ids.
+    ids: HashMap<(i32, String), Event>,
     persons: HashMap<String, PriorCase>,
     global: u64,
     accepted: u64,
@@ -203,7 +204,10 @@ impl Model {
             self.rejected += 1;
             return;
         }
-        if self.ids.contains_key(&event.event_id) {
+        if self
+            .ids
+            .contains_key(&(event.agency, event.event_id.clone()))
+        {
             self.duplicates += 1;
             return;
         }
@@ -218,7 +222,7 @@ impl Model {
         let corrected = event
             .corrects_event_id
             .as_ref()
-            .and_then(|id| self.ids.get(id))
+            .and_then(|id| self.ids.get(&(event.agency, id.clone())))
             .cloned();
         if lianxi_domain::decide(&ctx, view.as_ref(), &event, corrected.as_ref()).is_err() {
             self.rejected += 1;
@@ -241,7 +245,8 @@ impl Model {
             self.persons.insert(p, prior_of(&new));
         }
         self.views.insert(event.case_id.clone(), new);
-        self.ids.insert(event.event_id.clone(), event);
+        self.ids
+            .insert((event.agency, event.event_id.clone()), event);
         self.accepted += 1;
     }
 }
@@ -502,7 +507,13 @@ fn oversized_and_garbage_messages_are_kept_as_rejections() {
     let kept = log.rejections(0, 10).unwrap();
     assert_eq!(kept.len(), 2);
     assert_eq!(kept[0].raw_len, (MAX_EVENT_BYTES + 1) as u64);
-    assert_eq!(kept[1].raw, msgs[1].payload);
+    // On a case's subject the bytes are kept sealed under the case key.
+    assert!(kept[1].raw.is_empty());
+    assert_eq!(open_raw(&kept[1], "C-1"), msgs[1].payload);
+    assert_eq!(
+        open_raw(&kept[0], "C-1"),
+        msgs[0].payload[..MAX_EVENT_BYTES]
+    );
     assert_eq!(log.checkpoint().stream_sequence, 2);
     assert_eq!(log.checkpoint().global_sequence, 0);
 }
@@ -531,7 +542,8 @@ fn every_processed_message_has_exactly_the_receipt_of_its_outcome() {
                 assert_eq!(&r.event_id, event_id);
                 assert_eq!(r.global_sequence, *global_sequence);
                 assert_eq!(r.entry_hash, hex::encode(hash));
-                let by_id = log.receipt_for_event(event_id).unwrap().unwrap();
+                let agency = Agency::try_from(r.agency).unwrap();
+                let by_id = log.receipt_for_event(agency, event_id).unwrap().unwrap();
                 assert_eq!(by_id, r);
             }
             EventOutcome::Duplicate {
@@ -550,7 +562,10 @@ fn every_processed_message_has_exactly_the_receipt_of_its_outcome() {
         }
     }
     assert_eq!(log.receipt(301).unwrap(), None);
-    assert_eq!(log.receipt_for_event("never-sent").unwrap(), None);
+    assert_eq!(
+        log.receipt_for_event(Agency::Police, "never-sent").unwrap(),
+        None
+    );
     assert_eq!(log.receipts_sent().unwrap(), 0);
     log.set_receipts_sent(120).unwrap();
     drop(log);
@@ -924,4 +939,426 @@ fn out_of_range_tree_arguments_are_errors_not_panics() {
         e.contains(&format!("tree size {}", n + 1)) && e.contains(&format!("1 to {n}")),
         "{e}"
     );
+}
+
+// ------------------------------------------- intake: agencies kept apart
+
+/// Opens the bytes a rejection record sealed under the test key of `case`.
+fn open_raw(r: &RejectionRecord, case: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    let sealed = r.sealed_raw.as_ref().expect("sealed bytes");
+    let key = GroupKeys::derived_case_key("lianxi-test", case);
+    let text = lianxi_crypto::open_value(
+        &key,
+        case,
+        &format!("stream-{}", r.stream_sequence),
+        "raw",
+        &sealed.ciphertext,
+    )
+    .expect("opens with the case key");
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .unwrap()
+}
+
+fn msg(seq: u64, subject: &str, payload: Vec<u8>) -> Incoming {
+    Incoming {
+        stream_sequence: seq,
+        subject: subject.into(),
+        recorded_at: ts(1_780_000_000 + seq as i64),
+        payload,
+    }
+}
+
+fn opening(id: &str, case: &str, agency: Agency) -> Event {
+    Event {
+        event_id: id.into(),
+        case_id: case.into(),
+        agency: agency as i32,
+        occurred_at: Some(ts(1_780_000_000)),
+        corrects_event_id: None,
+        body: Some(pb::event::Body::CaseOpened(pb::CaseOpened {
+            channel: pb::Channel::WalkIn as i32,
+            category: pb::Category::DomesticViolence as i32,
+            jurisdiction: "city/a".into(),
+            level: pb::Level::County as i32,
+            person_ref: "P-1".into(),
+            summary: "Wang Xiuying came to the desk".into(),
+            mandatory_reporter: String::new(),
+            person: None,
+            children: Vec::new(),
+        })),
+    }
+}
+
+fn publish(e: &Event, seq: u64) -> Incoming {
+    msg(seq, &subject_for(e), e.encode_to_vec())
+}
+
+fn rejected_code(o: &EventOutcome) -> RejectionCode {
+    match o {
+        EventOutcome::Rejected { code, .. } => *code,
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_same_event_id_from_two_agencies_is_two_events_and_nothing_crosses_between_them() {
+    use lianxi_proto::v1::ReceiptStatus;
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), Policy::default()).unwrap();
+    let police = opening("evt-1", "C-POLICE", Agency::Police);
+    let court = opening("evt-1", "C-COURT", Agency::Court);
+    let report = log
+        .append_group(&[publish(&police, 1), publish(&court, 2)], &TEST_KEYS)
+        .unwrap();
+    // Before the fix the court got a duplicate of the police's event.
+    assert!(
+        matches!(&report.outcomes[1].1, EventOutcome::Accepted { case_id, .. } if case_id == "C-COURT"),
+        "{:?}",
+        report.outcomes[1]
+    );
+    assert!(log.case_view("C-COURT").unwrap().is_some());
+    let r = log.receipt(2).unwrap().unwrap();
+    assert_eq!(
+        (r.status, r.case_id.as_str(), r.agency, r.case_sequence),
+        (
+            ReceiptStatus::Accepted as i32,
+            "C-COURT",
+            Agency::Court as i32,
+            1
+        )
+    );
+    // Lookups answer each agency about its own event.
+    let by_court = log
+        .receipt_for_event(Agency::Court, "evt-1")
+        .unwrap()
+        .unwrap();
+    let by_police = log
+        .receipt_for_event(Agency::Police, "evt-1")
+        .unwrap()
+        .unwrap();
+    assert_eq!(by_court.case_id, "C-COURT");
+    assert_eq!(by_police.case_id, "C-POLICE");
+    assert_eq!(
+        log.receipt_for_event(Agency::Labour, "evt-1").unwrap(),
+        None
+    );
+
+    // A re-send by the court is the court's duplicate, of its own event.
+    let report = log.append_group(&[publish(&court, 3)], &TEST_KEYS).unwrap();
+    assert!(matches!(
+        report.outcomes[0].1,
+        EventOutcome::Duplicate {
+            original_global_sequence: 2,
+            ..
+        }
+    ));
+    let dup = log.receipt(3).unwrap().unwrap();
+    assert_eq!(
+        (dup.status, dup.case_id.as_str(), dup.agency),
+        (
+            ReceiptStatus::Duplicate as i32,
+            "C-COURT",
+            Agency::Court as i32
+        )
+    );
+
+    // A rejected id of one agency does not hide another's accepted one,
+    // and the reverse: each lookup finds its own outcome.
+    let mut bad = opening("evt-2", "C-COURT", Agency::Court);
+    bad.body = Some(pb::event::Body::ProgressReported(pb::ProgressReported {
+        summary: String::new(),
+    }));
+    let mut good = opening("evt-2", "C-POLICE", Agency::Police);
+    good.body = Some(pb::event::Body::ProgressReported(pb::ProgressReported {
+        summary: "visited".into(),
+    }));
+    log.append_group(&[publish(&good, 4), publish(&bad, 5)], &TEST_KEYS)
+        .unwrap();
+    let court_r = log
+        .receipt_for_event(Agency::Court, "evt-2")
+        .unwrap()
+        .unwrap();
+    assert_eq!(court_r.status, ReceiptStatus::Rejected as i32);
+    assert_eq!(court_r.case_id, "C-COURT");
+    let police_r = log
+        .receipt_for_event(Agency::Police, "evt-2")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (police_r.status, police_r.case_id.as_str()),
+        (ReceiptStatus::Accepted as i32, "C-POLICE")
+    );
+    // No receipt the court can get names the police's case.
+    for seq in [2, 3, 5] {
+        let r = log.receipt(seq).unwrap().unwrap();
+        assert!(!format!("{r:?}").contains("C-POLICE"), "{r:?}");
+    }
+    log.verify().unwrap();
+}
+
+#[test]
+fn a_correction_finds_only_the_correcting_agencys_own_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), Policy::default()).unwrap();
+    let police = opening("evt-9", "C-SECRET", Agency::Police);
+    let wf = opening("wf-1", "C-WF", Agency::WomensFederation);
+    // The women's federation "corrects" evt-9: the police's id.
+    let mut correction = opening("wf-2", "C-WF", Agency::WomensFederation);
+    correction.corrects_event_id = Some("evt-9".into());
+    let report = log
+        .append_group(
+            &[
+                publish(&police, 1),
+                publish(&wf, 2),
+                publish(&correction, 3),
+            ],
+            &TEST_KEYS,
+        )
+        .unwrap();
+    let EventOutcome::Rejected { code, reason, .. } = &report.outcomes[2].1 else {
+        panic!("{:?}", report.outcomes[2]);
+    };
+    // Before the fix: BAD_CORRECTION naming the police's case C-SECRET.
+    assert_eq!(*code, RejectionCode::PredecessorMissing, "{reason}");
+    assert!(!reason.contains("C-SECRET"), "{reason}");
+    assert!(!reason.contains("police"), "{reason}");
+    // Its own events it can correct.
+    let mut own = opening("wf-3", "C-WF", Agency::WomensFederation);
+    own.corrects_event_id = Some("wf-1".into());
+    let report = log.append_group(&[publish(&own, 4)], &TEST_KEYS).unwrap();
+    assert!(
+        matches!(report.outcomes[0].1, EventOutcome::Accepted { .. }),
+        "{:?}",
+        report.outcomes[0]
+    );
+}
+
+#[test]
+fn a_malformed_subject_is_receipted_to_the_agency_its_token_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), Policy::default()).unwrap();
+    let e = opening("evt-1", "C-1", Agency::Police);
+    let msgs = [
+        msg(1, "lianxi.v1.events.police.A.B", e.encode_to_vec()),
+        msg(2, "lianxi.v1.events.police.*", e.encode_to_vec()),
+        msg(3, "lianxi.v1.events.police.C\u{7}1", e.encode_to_vec()),
+        msg(4, "lianxi.v1.events.police.C-1.x", vec![0xff, 0x01]),
+        msg(5, "lianxi.v1.events.nobody.C-1", e.encode_to_vec()),
+    ];
+    let report = log.append_group(&msgs, &TEST_KEYS).unwrap();
+    for (seq, outcome) in &report.outcomes {
+        let code = rejected_code(outcome);
+        let r = log.receipt(*seq).unwrap().unwrap();
+        let expected = if *seq == 5 {
+            assert_eq!(code, RejectionCode::UnknownAgency);
+            Agency::Unspecified
+        } else {
+            let want = if *seq == 4 {
+                RejectionCode::Malformed
+            } else {
+                RejectionCode::BadSubject
+            };
+            assert_eq!(code, want, "{seq}");
+            Agency::Police
+        };
+        assert_eq!(r.agency, expected as i32, "seq {seq}");
+        assert!(
+            !r.reason.contains('\u{7}') && !r.subject.contains('\u{7}'),
+            "{r:?}"
+        );
+    }
+    // The police can look up its rejected id; no other agency can.
+    let r = log
+        .receipt_for_event(Agency::Police, "evt-1")
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.stream_sequence, 3);
+    assert_eq!(log.receipt_for_event(Agency::Court, "evt-1").unwrap(), None);
+    // Bytes on a malformed subject name no case: kept as they came.
+    assert_eq!(log.rejections(3, 1).unwrap()[0].raw, vec![0xff, 0x01]);
+}
+
+#[test]
+fn an_event_of_a_newer_schema_is_schema_newer_and_its_bytes_are_sealed() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), Policy::default()).unwrap();
+    let mut e = opening("evt-new", "C-1", Agency::Police);
+    e.body = None;
+    let mut bytes = e.encode_to_vec();
+    // A body kind this node does not know: field 250, a message holding a
+    // string with a name in it.
+    let inner = [&[0x0a, 12][..], b"Wang Xiuying"].concat();
+    prost::encoding::encode_key(250, prost::encoding::WireType::LengthDelimited, &mut bytes);
+    prost::encoding::encode_varint(inner.len() as u64, &mut bytes);
+    bytes.extend_from_slice(&inner);
+    let report = log
+        .append_group(
+            &[msg(1, "lianxi.v1.events.police.C-1", bytes.clone())],
+            &TEST_KEYS,
+        )
+        .unwrap();
+    let EventOutcome::Rejected {
+        code,
+        reason,
+        event_id,
+    } = &report.outcomes[0].1
+    else {
+        panic!("{:?}", report.outcomes[0]);
+    };
+    assert_eq!(*code, RejectionCode::SchemaNewer, "{reason}");
+    assert!(reason.contains("older than the sender's"), "{reason}");
+    assert_eq!(event_id.as_deref(), Some("evt-new"));
+    let kept = &log.rejections(0, 1).unwrap()[0];
+    assert!(kept.raw.is_empty());
+    assert_eq!(open_raw(kept, "C-1"), bytes);
+    // The police can look it up and publish again after the upgrade.
+    let r = log
+        .receipt_for_event(Agency::Police, "evt-new")
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.code, RejectionCode::SchemaNewer as i32);
+}
+
+/// Every file under `dir`, read whole.
+fn files(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let p = entry.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push((p.clone(), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn undecodable_bytes_naming_a_person_never_reach_the_data_directory_in_the_clear() {
+    const NAME: &[u8] = b"Wang Xiuying";
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), Policy::default()).unwrap();
+    let mut open = opening("evt-1", "C-1", Agency::WomensFederation);
+    if let Some(pb::event::Body::CaseOpened(b)) = &mut open.body {
+        b.summary = "came to the desk".into();
+    }
+    let garbage = [&[0xff, 0xff][..], b"name: Wang Xiuying", &[0xff]].concat();
+    let erase = Event {
+        event_id: "plc-1".into(),
+        case_id: "C-1".into(),
+        agency: Agency::PoliticalLegalCommittee as i32,
+        occurred_at: Some(ts(1_780_100_000)),
+        corrects_event_id: None,
+        body: Some(pb::event::Body::PersonalDataErased(
+            pb::PersonalDataErased {
+                legal_basis: "the person's request".into(),
+                authorised_by: "PLC-7".into(),
+            },
+        )),
+    };
+    let subject = "lianxi.v1.events.womens_federation.C-1";
+    log.append_group(
+        &[
+            publish(&open, 1),
+            msg(2, subject, garbage.clone()),
+            // Before the case exists too.
+            msg(3, "lianxi.v1.events.police.C-2", garbage.clone()),
+        ],
+        &TEST_KEYS,
+    )
+    .unwrap();
+    let needed = log
+        .keys_needed(&[msg(9, "lianxi.v1.events.police.C-3", garbage.clone())])
+        .unwrap();
+    assert_eq!(needed.cases, vec!["C-3".to_string()]);
+    log.append_group(
+        &[publish(&erase, 4), msg(5, subject, garbage.clone())],
+        &TEST_KEYS,
+    )
+    .unwrap();
+    // After the erasure no key is fetched for the case, and nothing of a
+    // later message on its subject is kept.
+    let needed = log
+        .keys_needed(&[msg(9, subject, garbage.clone())])
+        .unwrap();
+    assert!(needed.cases.is_empty(), "{needed:?}");
+    let kept = log.rejections(0, 10).unwrap();
+    assert_eq!(kept.len(), 3);
+    assert!(kept[0].sealed_raw.is_some() && kept[0].raw.is_empty());
+    assert!(kept[1].sealed_raw.is_some() && kept[1].raw.is_empty());
+    assert!(kept[2].raw_withheld && kept[2].sealed_raw.is_none() && kept[2].raw.is_empty());
+    assert_eq!(kept[2].raw_len, garbage.len() as u64);
+    drop(log);
+    let mut scanned = 0;
+    for (path, bytes) in files(dir.path()) {
+        scanned += bytes.len();
+        assert!(!contains(&bytes, NAME), "{} holds the name", path.display());
+    }
+    assert!(scanned > 0);
+    println!(
+        "FAULT-TEST undecodable_bytes_naming_a_person_never_reach_the_data_directory_in_the_clear: 3 undecodable messages naming a person (before the case, on the case, after its erasure) rejected; {scanned} bytes of the data directory scanned: plaintext found 0, sealed 2, withheld 1"
+    );
+}
+
+#[test]
+fn a_data_directory_of_the_old_layout_is_refused_not_misread() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), Policy::default()).unwrap();
+    let e = opening("evt-1", "C-1", Agency::Police);
+    log.append_group(&[publish(&e, 1)], &TEST_KEYS).unwrap();
+    // What a layout-1 directory looks like: no marker, `D` + event id.
+    log.tree().remove(keys::LAYOUT).unwrap();
+    log.tree()
+        .insert(keys::named(keys::DEDUP, "evt-1"), &1u64.to_be_bytes())
+        .unwrap();
+    log.tree().flush().unwrap();
+    drop(log);
+    let log = Log::open(dir.path(), Policy::default()).unwrap();
+    let again = log.append_group(&[publish(&e, 2)], &TEST_KEYS);
+    let err = again.expect_err("an old layout is refused");
+    assert!(matches!(err, Error::Layout { .. }), "{err}");
+    assert!(err.to_string().contains("empty one"), "{err}");
+    assert!(log.receipt_for_event(Agency::Police, "evt-1").is_err());
+    assert_eq!(log.checkpoint().stream_sequence, 1);
+}
+
+#[test]
+fn hostile_ids_never_reach_a_reason_a_receipt_or_the_lookup_index_as_they_are() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), Policy::default()).unwrap();
+    let mut e = opening("evt-1", "C-1", Agency::Police);
+    e.case_id = format!("C-1\n\u{1b}[31mINFO forged line{}", "x".repeat(5000));
+    e.event_id = format!("e\u{1b}[2J{}", "y".repeat(5000));
+    let report = log
+        .append_group(
+            &[msg(1, "lianxi.v1.events.police.C-1", e.encode_to_vec())],
+            &TEST_KEYS,
+        )
+        .unwrap();
+    let EventOutcome::Rejected {
+        reason, event_id, ..
+    } = &report.outcomes[0].1
+    else {
+        panic!();
+    };
+    let unsafe_in = |s: &str| s.chars().any(lianxi_domain::is_unsafe_char);
+    assert!(!unsafe_in(reason), "{reason:?}");
+    let r = log.receipt(1).unwrap().unwrap();
+    for field in [&r.reason, &r.case_id, &r.event_id, &r.subject] {
+        assert!(!unsafe_in(field), "{field:?}");
+        assert!(field.chars().count() <= lianxi_domain::MAX_REASON_CHARS + 3);
+    }
+    assert!(r.event_id.chars().count() <= lianxi_domain::MAX_ID_LEN + 3);
+    assert!(!unsafe_in(event_id.as_deref().unwrap_or_default()));
+    // A malformed id is not indexed for lookups.
+    assert_eq!(log.tree().scan_prefix([keys::REJECTED_ID]).count(), 0);
 }
