@@ -8,6 +8,46 @@ use lianxi_proto::v1::{
     Level, Obligation, ObligationKind, RiskLevel, Role, TimelineEntry,
 };
 
+/// The most characters of one value shown at the terminal (free text is at
+/// most 4,096 characters; escapes lengthen it).
+const SHOWN_CHARS: usize = 16_384;
+
+/// Escapes every string in a message for the terminal: agency text (case
+/// ids, descriptions, reasons, subjects) may hold line breaks, escape
+/// sequences or bidirectional overrides, which would forge lines or
+/// commands on an operator's screen. Each string goes through
+/// `lianxi_domain::printable` (through the message's canonical JSON, so no
+/// field is forgotten); the renderer's own line breaks and colours are
+/// added afterwards.
+macro_rules! shown {
+    ($v:expr) => {{
+        let mut value = serde_json::to_value($v).unwrap_or_default();
+        scrub(&mut value);
+        serde_json::from_value(value).unwrap_or_default()
+    }};
+}
+
+fn scrub(v: &mut serde_json::Value) {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => *s = lianxi_domain::printable(s, SHOWN_CHARS),
+        Value::Array(items) => items.iter_mut().for_each(scrub),
+        Value::Object(map) => {
+            let old = std::mem::take(map);
+            for (k, mut item) in old {
+                scrub(&mut item);
+                map.insert(lianxi_domain::printable(&k, SHOWN_CHARS), item);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// One agency-supplied value for the terminal.
+fn safe(s: &str) -> String {
+    lianxi_domain::printable(s, SHOWN_CHARS)
+}
+
 /// "COORDINATED_STATUS_IN_PROGRESS" with prefix "COORDINATED_STATUS_" -> "in progress".
 fn words(name: &str, prefix: &str) -> String {
     name.strip_prefix(prefix)
@@ -50,6 +90,7 @@ fn obligation_line(o: &Obligation, overdue: bool) -> String {
 }
 
 pub(crate) fn case(r: &GetCaseResponse) -> String {
+    let r: &GetCaseResponse = &shown!(r);
     let mut s = String::new();
     let Some(v) = &r.view else {
         return "no view\n".into();
@@ -194,6 +235,11 @@ fn redaction(n: i32) -> String {
 }
 
 pub(crate) fn timeline(case_id: &str, entries: &[TimelineEntry]) -> String {
+    let case_id = safe(case_id);
+    let entries: &[TimelineEntry] = &entries
+        .iter()
+        .map(|e| shown!(e))
+        .collect::<Vec<TimelineEntry>>();
     let mut s = String::new();
     let _ = writeln!(s, "Timeline of case {case_id} ({} events)", entries.len());
     for e in entries {
@@ -221,6 +267,10 @@ pub(crate) fn timeline(case_id: &str, entries: &[TimelineEntry]) -> String {
 }
 
 pub(crate) fn rejections(list: &[lianxi_proto::v1::Receipt]) -> String {
+    let list: &[lianxi_proto::v1::Receipt] = &list
+        .iter()
+        .map(|r| shown!(r))
+        .collect::<Vec<lianxi_proto::v1::Receipt>>();
     use lianxi_proto::v1::RejectionCode;
     let mut s = String::new();
     let _ = writeln!(s, "{} rejected message(s)", list.len());
@@ -295,6 +345,10 @@ fn summary_flags(c: &lianxi_proto::v1::CaseSummary) -> String {
 }
 
 pub(crate) fn cases(list: &[lianxi_proto::v1::CaseSummary], at: Option<&Timestamp>) -> String {
+    let list: &[lianxi_proto::v1::CaseSummary] = &list
+        .iter()
+        .map(|c| shown!(c))
+        .collect::<Vec<lianxi_proto::v1::CaseSummary>>();
     let mut s = String::new();
     let _ = writeln!(s, "{} case(s), judged at {}", list.len(), time(at));
     if list.is_empty() {
@@ -322,6 +376,7 @@ pub(crate) fn cases(list: &[lianxi_proto::v1::CaseSummary], at: Option<&Timestam
 }
 
 pub(crate) fn agenda(r: &lianxi_proto::v1::GetAgendaResponse) -> String {
+    let r: &lianxi_proto::v1::GetAgendaResponse = &shown!(r);
     use lianxi_proto::v1::AgendaReason;
     let mut s = String::new();
     let _ = writeln!(
@@ -356,6 +411,7 @@ pub(crate) fn agenda(r: &lianxi_proto::v1::GetAgendaResponse) -> String {
 }
 
 pub(crate) fn stats(r: &lianxi_proto::v1::GetStatsResponse) -> String {
+    let r: &lianxi_proto::v1::GetStatsResponse = &shown!(r);
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -414,6 +470,7 @@ pub(crate) fn stats(r: &lianxi_proto::v1::GetStatsResponse) -> String {
 }
 
 pub(crate) fn change(c: &lianxi_proto::v1::CaseChange) -> String {
+    let c: &lianxi_proto::v1::CaseChange = &shown!(c);
     let status = c
         .view
         .as_ref()
@@ -446,6 +503,7 @@ pub(crate) fn change(c: &lianxi_proto::v1::CaseChange) -> String {
 }
 
 pub(crate) fn as_of(r: &lianxi_proto::v1::GetCaseAsOfResponse) -> String {
+    let r: &lianxi_proto::v1::GetCaseAsOfResponse = &shown!(r);
     let mut s = format!(
         "As of log entry #{} ({} of the case's events applied)\n",
         r.as_of_global_sequence, r.entries_applied
@@ -459,6 +517,10 @@ pub(crate) fn as_of(r: &lianxi_proto::v1::GetCaseAsOfResponse) -> String {
 }
 
 pub(crate) fn access(list: &[lianxi_proto::v1::AccessRecord]) -> String {
+    let list: &[lianxi_proto::v1::AccessRecord] = &list
+        .iter()
+        .map(|a| shown!(a))
+        .collect::<Vec<lianxi_proto::v1::AccessRecord>>();
     use lianxi_proto::v1::PrincipalRole;
     let mut s = String::new();
     let _ = writeln!(s, "{} access record(s)", list.len());
@@ -492,4 +554,65 @@ pub(crate) fn access(list: &[lianxi_proto::v1::AccessRecord]) -> String {
         let _ = writeln!(s, "          {why}");
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lianxi_proto::v1::{CaseView, Receipt, ReceiptStatus, RejectionCode};
+
+    const HOSTILE: &str = "C-1\n2026-01-01 INFO forged line\u{1b}[31m\u{7}\u{202e}";
+
+    fn clean(out: &str) {
+        assert!(
+            !out.chars()
+                .any(|c| c != '\n' && lianxi_domain::is_unsafe_char(c)),
+            "unsafe character in {out:?}"
+        );
+        assert!(
+            !out.contains("\nforged") && !out.contains("\n2026-01-01 INFO"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn hostile_agency_text_is_escaped_in_every_rendering() {
+        let receipt = Receipt {
+            status: ReceiptStatus::Rejected as i32,
+            event_id: HOSTILE.into(),
+            case_id: HOSTILE.into(),
+            subject: format!("lianxi.v1.events.police.{HOSTILE}"),
+            code: RejectionCode::CaseMismatch as i32,
+            reason: format!("the event is for case {HOSTILE}"),
+            ..Receipt::default()
+        };
+        let out = rejections(std::slice::from_ref(&receipt));
+        clean(&out);
+        // One heading and two lines per rejection, however many line breaks
+        // the agency sent.
+        assert_eq!(out.lines().count(), 3, "{out}");
+        assert!(out.contains("\\u{1b}[31m"), "{out}");
+
+        let view = CaseView {
+            case_id: HOSTILE.into(),
+            jurisdiction: HOSTILE.into(),
+            person_ref: HOSTILE.into(),
+            ..CaseView::default()
+        };
+        let out = case(&GetCaseResponse {
+            view: Some(view),
+            ..GetCaseResponse::default()
+        });
+        clean(&out);
+        let out = timeline(
+            HOSTILE,
+            &[TimelineEntry {
+                event_id: HOSTILE.into(),
+                line: HOSTILE.into(),
+                ..TimelineEntry::default()
+            }],
+        );
+        clean(&out);
+        assert_eq!(out.lines().count(), 3, "{out}");
+    }
 }
