@@ -1025,3 +1025,184 @@ async fn two_nodes_reading_one_stream_hold_the_same_root_and_compare_equal() {
     assert!(lianxi_log::open_checkpoint(&ka.note, &ka.verifier_key).is_ok());
     assert!(lianxi_log::open_checkpoint(&ka.note, &kb.verifier_key).is_err());
 }
+
+/// Subscribes to one agency's receipts (core NATS: the receipts are also
+/// published there as JetStream stores them).
+async fn receipts_of(nats: &Nats, agency: &str) -> async_nats::Subscriber {
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let sub = client
+        .subscribe(format!("lianxi.v1.receipts.{agency}"))
+        .await
+        .expect("subscribe to receipts");
+    client.flush().await.expect("flush");
+    // Keep the connection alive with the subscriber.
+    std::mem::forget(client);
+    sub
+}
+
+/// The next receipt on `sub` for the message at `stream_sequence`.
+async fn receipt_for(sub: &mut async_nats::Subscriber, stream_sequence: u64) -> pb::Receipt {
+    use tokio_stream::StreamExt;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let msg = tokio::time::timeout_at(deadline, sub.next())
+            .await
+            .unwrap_or_else(|_| panic!("no receipt for stream sequence {stream_sequence}"))
+            .expect("receipts subscription open");
+        let r = pb::Receipt::decode(msg.payload.as_ref()).expect("a receipt");
+        if r.stream_sequence == stream_sequence {
+            return r;
+        }
+    }
+}
+
+async fn lookup(nats: &Nats, agency: &str, event_id: &str) -> pb::LookupReply {
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let req = pb::LookupRequest {
+        event_id: event_id.into(),
+    };
+    let reply = client
+        .request(
+            format!("lianxi.v1.lookup.{agency}"),
+            req.encode_to_vec().into(),
+        )
+        .await
+        .expect("a lookup answer");
+    pb::LookupReply::decode(reply.payload.as_ref()).expect("a lookup reply")
+}
+
+#[tokio::test]
+async fn police_and_court_using_one_event_id_each_get_their_own_case_and_receipt() {
+    let nats = Nats::start();
+    let data = tempfile::tempdir().unwrap();
+    let node = Node::start(&nats.url(), data.path());
+    let js = nats.jetstream().await;
+    wait_for_stream(&js).await;
+    let mut police_receipts = receipts_of(&nats, "police").await;
+    let mut court_receipts = receipts_of(&nats, "court").await;
+
+    let police = opened("shared-1", "DV-POLICE-1", Agency::Police, T0);
+    let court = opened("shared-1", "DV-COURT-1", Agency::Court, T0 + 60);
+    // Each agency's own message id on the bus: the event id alone would let
+    // JetStream drop the court's message as the police's duplicate.
+    let p = publish_raw(&js, &subject(&police), police.encode_to_vec()).await;
+    let c = publish_raw(&js, &subject(&court), court.encode_to_vec()).await;
+    let pr = receipt_for(&mut police_receipts, p).await;
+    let cr = receipt_for(&mut court_receipts, c).await;
+    assert_eq!(
+        (pr.status, pr.case_id.as_str()),
+        (pb::ReceiptStatus::Accepted as i32, "DV-POLICE-1")
+    );
+    // Before the fix: DUPLICATE, carrying the police's case id and sequence.
+    assert_eq!(
+        (cr.status, cr.case_id.as_str(), cr.case_sequence),
+        (pb::ReceiptStatus::Accepted as i32, "DV-COURT-1", 1),
+        "{cr:?}"
+    );
+    let mut client = node.client().await;
+    let reply = case_after(&mut client, "DV-COURT-1", c).await;
+    assert_eq!(reply.view.unwrap().case_id, "DV-COURT-1");
+
+    // Each agency's lookup of the id finds its own event only.
+    let court_lookup = lookup(&nats, "court", "shared-1").await;
+    let police_lookup = lookup(&nats, "police", "shared-1").await;
+    assert!(court_lookup.found && police_lookup.found);
+    assert_eq!(court_lookup.receipt.unwrap().case_id, "DV-COURT-1");
+    assert_eq!(police_lookup.receipt.unwrap().case_id, "DV-POLICE-1");
+    assert!(!lookup(&nats, "labour", "shared-1").await.found);
+
+    // The court's re-send is the court's duplicate, of its own event.
+    let again = publish_raw(&js, &subject(&court), court.encode_to_vec()).await;
+    let dr = receipt_for(&mut court_receipts, again).await;
+    assert_eq!(
+        (dr.status, dr.case_id.as_str(), dr.original_global_sequence),
+        (
+            pb::ReceiptStatus::Duplicate as i32,
+            "DV-COURT-1",
+            cr.global_sequence
+        )
+    );
+    println!(
+        "FAULT-TEST police_and_court_using_one_event_id_each_get_their_own_case_and_receipt: 2 agencies published event id shared-1 (+1 re-send): accepted 2, duplicates 1 (of the court's own), receipts naming the other agency's case: 0, lookups answered with the other agency's event: 0"
+    );
+}
+
+#[tokio::test]
+async fn messages_on_malformed_subjects_are_receipted_to_the_agency_of_their_token() {
+    let nats = Nats::start();
+    let data = tempfile::tempdir().unwrap();
+    let principals = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/principals.example.toml"
+    );
+    let node = Node::start_with_env(
+        &nats.url(),
+        data.path(),
+        &[("LIANXI_PRINCIPALS", principals)],
+    );
+    let js = nats.jetstream().await;
+    wait_for_stream(&js).await;
+    let mut police_receipts = receipts_of(&nats, "police").await;
+    let mut unknown = receipts_of(&nats, "unknown").await;
+    let good = opened("m-1", "DV-E2E-M", Agency::Police, T0);
+
+    let mut published = Vec::new();
+    for subject in [
+        "lianxi.v1.events.police.A.B",
+        "lianxi.v1.events.police.DV-E2E-M.\u{7}",
+        "lianxi.v1.events.police.C\u{7}1",
+    ] {
+        // The bus may refuse a subject outright; every one it stored must
+        // be receipted to the police.
+        let stored = async {
+            js.publish(subject.to_owned(), good.encode_to_vec().into())
+                .await
+                .ok()?
+                .await
+                .ok()
+        }
+        .await;
+        if let Some(ack) = stored {
+            published.push((subject, ack.sequence));
+        }
+    }
+    assert!(
+        published.len() >= 2,
+        "the bus stored too few malformed subjects: {published:?}"
+    );
+    for (subject, seq) in &published {
+        let r = receipt_for(&mut police_receipts, *seq).await;
+        assert_eq!(r.status, pb::ReceiptStatus::Rejected as i32, "{subject:?}");
+        assert_eq!(r.agency, Agency::Police as i32, "{subject:?}");
+        assert_eq!(r.code, pb::RejectionCode::BadSubject as i32, "{subject:?}");
+        assert!(
+            !r.reason.contains('\u{7}') && !r.subject.contains('\u{7}'),
+            "{r:?}"
+        );
+    }
+    // ListRejections by agency includes them: the police's own listing, at
+    // the terminal, escaped.
+    let env = [
+        ("LIANXI_GRPC_ADDR", node.grpc_addr.as_str()),
+        ("LIANXI_TOKEN", "dev-only-police-token"),
+    ];
+    let (ok, out, err) = lianxi(&["rejections"], &env);
+    assert!(ok, "{out} {err}");
+    for (_, seq) in &published {
+        assert!(out.contains(&format!("#{seq} ")), "{seq} not listed: {out}");
+    }
+    assert!(!out.contains('\u{7}'), "{out:?}");
+    // Nothing went to `unknown`.
+    use tokio_stream::StreamExt;
+    let stray = tokio::time::timeout(Duration::from_millis(300), unknown.next()).await;
+    assert!(
+        stray.is_err(),
+        "a receipt went to lianxi.v1.receipts.unknown"
+    );
+    println!(
+        "FAULT-TEST messages_on_malformed_subjects_are_receipted_to_the_agency_of_their_token: {} messages on malformed police subjects: receipted to police {}, to unknown 0, listed for police {}",
+        published.len(),
+        published.len(),
+        published.len()
+    );
+}
