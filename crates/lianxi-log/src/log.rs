@@ -384,15 +384,7 @@ impl Log {
         }) {
             return Ok(());
         }
-        let next = HighWater {
-            global_sequence: checkpoint.global_sequence,
-            stream_sequence: checkpoint.stream_sequence,
-            last_hash: checkpoint
-                .last_hash
-                .as_slice()
-                .try_into()
-                .unwrap_or([0; 32]),
-        };
+        let next = HighWater::of(checkpoint);
         next.write(self.path())?;
         *hw = Some(next);
         Ok(())
@@ -1295,6 +1287,19 @@ impl Tamper<'_> {
         tree.apply_batch(batch)?;
         tree.flush()?;
         *self.log.writer() = cp.clone();
+        // A consistent rewind rewinds the high-water mark too.
+        let mut hw = self
+            .log
+            .inner
+            .high_water
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if hw.is_some() {
+            let rewound = HighWater::of(&cp);
+            rewound.write(self.log.path())?;
+            *hw = Some(rewound);
+        }
+        drop(hw);
         *self
             .log
             .inner

@@ -141,6 +141,11 @@ pub(crate) fn open_db(path: &Path, options: &StoreOptions) -> Result<sled::Db> {
                     },
                 });
             }
+            Err(Error::Storage(sled::Error::Io(io))) => {
+                return Err(Error::Unavailable {
+                    reason: describe_io(path, &io),
+                });
+            }
             Err(e) => return Err(e),
         }
     }
@@ -269,13 +274,22 @@ impl Store {
 
 /// Plain words for an I/O error under the data directory.
 pub(crate) fn describe_io(path: &Path, io: &std::io::Error) -> String {
-    match io.raw_os_error() {
+    use std::io::ErrorKind;
+    // sled wraps the OS error in one of its own, so the kind is what is
+    // left of it.
+    let code = match (io.raw_os_error(), io.kind()) {
+        (Some(c), _) => Some(c),
+        (None, ErrorKind::StorageFull) => Some(28),
+        (None, ErrorKind::ReadOnlyFilesystem) => Some(30),
+        _ => None,
+    };
+    match code {
         Some(28) => format!(
-            "the disk holding {} is full (No space left on device); free space there and the node resumes by itself",
+            "the disk holding {} is full (No space left on device); free space there (a running node then resumes by itself, a stopped one can be started again)",
             path.display()
         ),
         Some(30) => format!(
-            "the file system holding {} is read-only; remount it read-write and the node resumes by itself",
+            "the file system holding {} is read-only; remount it read-write (a running node then resumes by itself)",
             path.display()
         ),
         _ => format!(
@@ -299,6 +313,15 @@ pub struct HighWater {
 
 impl HighWater {
     const HEADER: &'static str = "lianxi high-water v1";
+
+    /// The mark of a checkpoint.
+    pub(crate) fn of(cp: &lianxi_proto::v1::Checkpoint) -> HighWater {
+        HighWater {
+            global_sequence: cp.global_sequence,
+            stream_sequence: cp.stream_sequence,
+            last_hash: cp.last_hash.as_slice().try_into().unwrap_or([0; 32]),
+        }
+    }
 
     fn encode(&self) -> String {
         format!(

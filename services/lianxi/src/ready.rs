@@ -38,16 +38,14 @@ struct State {
 /// The node's readiness, shared by the watcher and the gate.
 #[derive(Clone)]
 pub(crate) struct Readiness {
-    state: Arc<RwLock<State>>,
+    /// `None` until the first update, so that one always reports.
+    state: Arc<RwLock<Option<State>>>,
 }
 
 impl Default for Readiness {
     fn default() -> Self {
         Readiness {
-            state: Arc::new(RwLock::new(State {
-                reason: None,
-                refuse: false,
-            })),
+            state: Arc::new(RwLock::new(None)),
         }
     }
 }
@@ -86,10 +84,10 @@ impl Readiness {
         let next = current(log);
         {
             let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
-            if *state == next {
+            if state.as_ref() == Some(&next) {
                 return;
             }
-            *state = next.clone();
+            *state = Some(next.clone());
         }
         match &next.reason {
             Some(reason) => {
@@ -115,10 +113,10 @@ impl Readiness {
 
     fn refusal(&self) -> Option<String> {
         let state = self.state.read().unwrap_or_else(|p| p.into_inner());
-        match state.refuse {
-            true => state.reason.clone(),
-            false => None,
-        }
+        state
+            .as_ref()
+            .filter(|s| s.refuse)
+            .and_then(|s| s.reason.clone())
     }
 }
 
