@@ -51,12 +51,21 @@ impl Checkpointer {
         let log = self.log.clone();
         let signer = self.signer.clone();
         tokio::task::spawn_blocking(move || {
-            let size = log.tree_size();
+            // Never sign a tree below what the node already vouched for.
+            if let Some(behind) = log.behind() {
+                return Err(lianxi_log::Error::Unavailable {
+                    reason: behind.to_string(),
+                }
+                .into());
+            }
+            let cp = log.checkpoint();
+            let size = cp.global_sequence;
             let latest = log.latest_checkpoint()?;
             if !always && latest.as_ref().is_some_and(|l| l.size >= size) {
                 return Ok(None);
             }
             let root = log.root(size)?;
+            log.raise_high_water(&cp)?;
             let note = signer.sign(size, &root)?;
             Ok(Some(log.store_checkpoint(&note, size)?))
         })

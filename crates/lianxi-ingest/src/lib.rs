@@ -95,6 +95,28 @@ pub async fn run(
             Err(Error::Log(lianxi_log::Error::KeyUnavailable { what })) => {
                 tracing::warn!(%what, "a key was missing when the group was written; fetching it again");
             }
+            Err(Error::Log(e)) if e.is_storage_failure() => {
+                // Disk full, read-only, an I/O error: nothing of the group
+                // counts as written. Wait until the store can write again
+                // (reopening it: sled keeps its first I/O error for good),
+                // then read from the checkpoint on disk.
+                tracing::error!(error = %e, "the log cannot be written; ingest waits for the disk and resumes by itself");
+                if !recover(&log, &mut shutdown).await {
+                    return Ok(());
+                }
+                tracing::info!(
+                    stream_sequence = log.checkpoint().stream_sequence,
+                    "the log can be written again; ingest resumes from its checkpoint"
+                );
+                backoff = Duration::from_millis(100);
+            }
+            Err(Error::Log(lianxi_log::Error::Unwritable { reason })) => {
+                // Damage found at open: the node keeps serving what it holds
+                // (health says why it is not ready) and writes nothing.
+                tracing::error!(%reason, "ingest stopped: the log is damaged");
+                let _ = shutdown.wait_for(|stop| *stop).await;
+                return Ok(());
+            }
             Err(Error::Log(e)) => return Err(Error::Log(e)),
             Err(e) => {
                 tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "reading the stream failed; resuming from the checkpoint");
@@ -104,6 +126,35 @@ pub async fn run(
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
+        }
+    }
+}
+
+/// How often a failed store is tried again.
+pub const STORAGE_RETRY: Duration = Duration::from_secs(1);
+
+/// Reopens the log until it can write again, one try every
+/// `STORAGE_RETRY`; false when `shutdown` came first.
+pub async fn recover(log: &Log, shutdown: &mut watch::Receiver<bool>) -> bool {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(STORAGE_RETRY) => {}
+            _ = shutdown.changed() => {
+                if *shutdown.borrow() {
+                    return false;
+                }
+            }
+        }
+        let attempt = {
+            let log = log.clone();
+            tokio::task::spawn_blocking(move || log.reopen()).await
+        };
+        match attempt {
+            Ok(Ok(())) => return true,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, retry_in_ms = STORAGE_RETRY.as_millis() as u64, "the data directory cannot be written yet")
+            }
+            Err(e) => tracing::warn!(error = %e, "reopening the data directory failed"),
         }
     }
 }

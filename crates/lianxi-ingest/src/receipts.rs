@@ -70,7 +70,7 @@ pub async fn run_receipts(
     loop {
         match send_pending(&js, &log).await {
             Ok(()) => backoff = Duration::from_millis(100),
-            Err(Error::Log(e)) => return Err(Error::Log(e)),
+            Err(Error::Log(e)) if !e.is_storage_failure() => return Err(Error::Log(e)),
             Err(e) => {
                 tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "sending receipts failed; will resend from the last acknowledged one");
                 tokio::select! {
@@ -97,10 +97,17 @@ pub async fn run_receipts(
 
 async fn send_pending(js: &jetstream::Context, log: &Log) -> Result<()> {
     let sent = log.receipts_sent()?;
-    let upto = log.checkpoint().stream_sequence;
+    let cp = log.checkpoint();
+    let upto = cp.stream_sequence;
     if upto <= sent {
         return Ok(());
     }
+    // What a receipt vouches for is kept where a loss inside sled cannot
+    // take it, before the receipt goes out.
+    let hw = log.clone();
+    tokio::task::spawn_blocking(move || hw.raise_high_water(&cp))
+        .await
+        .map_err(|e| Error::Task(e.to_string()))??;
     let mut in_flight = VecDeque::new();
     for seq in sent + 1..=upto {
         let Some(receipt) = log.receipt(seq)? else {

@@ -25,6 +25,7 @@ use prost::Message;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Location, Result};
+use crate::store::Store;
 
 /// The sled tree of the access log.
 pub(crate) const TREE: &str = "access.v1";
@@ -56,8 +57,7 @@ pub struct AccessLog {
 }
 
 struct Inner {
-    db: sled::Db,
-    tree: sled::Tree,
+    store: Arc<Store>,
     /// The last sequence and hash. Held while a record is chained and its
     /// batch applied, so concurrent callers form one chain in order.
     head: Mutex<Head>,
@@ -147,37 +147,46 @@ fn matches(r: &AccessRecord, f: &ListAccessRequest) -> bool {
 impl AccessLog {
     /// Opens the access log in `db`. Fails if records exist but the head is
     /// missing: appending then could silently continue a damaged chain.
-    pub(crate) fn open(db: &sled::Db) -> Result<AccessLog> {
-        let tree = db.open_tree(TREE)?;
-        let head = match tree.get(HEAD)? {
-            Some(b) => Head::decode(&b).ok_or_else(|| Error::Corruption {
-                at: Location::AccessHead,
-                detail: format!("{} bytes, expected 40", b.len()),
-            })?,
-            None => match tree.scan_prefix([RECORD]).next_back() {
-                None => Head::EMPTY,
-                Some(item) => {
-                    let (k, _) = item?;
-                    let last = k.get(1..).and_then(|s| s.try_into().ok());
-                    return Err(Error::Corruption {
-                        at: Location::AccessHead,
-                        detail: format!(
-                            "missing, though the access log holds records up to {}; run `lianxi verify` and restore the data directory from a backup",
-                            last.map_or(0, u64::from_be_bytes)
-                        ),
-                    });
-                }
-            },
-        };
+    pub(crate) fn open(store: Arc<Store>) -> Result<AccessLog> {
+        let tree = store.handles()?.access;
+        let head = read_head(&tree)?;
         Ok(AccessLog {
             inner: Arc::new(Inner {
-                db: db.clone(),
-                tree,
+                store,
                 flushed: Mutex::new(head.sequence),
                 head: Mutex::new(head),
                 flushing: Mutex::new(()),
             }),
         })
+    }
+
+    fn access_tree(&self) -> Result<sled::Tree> {
+        Ok(self.inner.store.handles()?.access)
+    }
+
+    /// Runs `reopen` with appends held off, then reads the head again: a
+    /// record whose flush failed may not have survived the reopen, and the
+    /// chain continues from what is on disk.
+    pub(crate) fn while_reopening(&self, reopen: impl FnOnce() -> Result<()>) -> Result<()> {
+        let mut head = self
+            .inner
+            .head
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _flusher = self
+            .inner
+            .flushing
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        reopen()?;
+        let now = read_head(&self.access_tree()?)?;
+        *self
+            .inner
+            .flushed
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = now.sequence;
+        *head = now;
+        Ok(())
     }
 
     /// Appends a record: sets its sequence (the last one + 1), previous hash
@@ -212,7 +221,8 @@ impl AccessLog {
             );
         }
         batch.insert(HEAD, &next.encode()[..]);
-        self.inner.tree.apply_batch(batch)?;
+        let store = &self.inner.store;
+        store.note(self.access_tree()?.apply_batch(batch))?;
         // The batch is in sled now: the head moves even if the flush fails,
         // so a later append never writes over this sequence.
         *head = next;
@@ -245,7 +255,8 @@ impl AccessLog {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .sequence;
-        self.inner.db.flush()?;
+        let store = &self.inner.store;
+        store.note(store.handles()?.db.flush())?;
         let mut done = self
             .inner
             .flushed
@@ -278,7 +289,7 @@ impl AccessLog {
             out.push(r);
             true
         };
-        let tree = &self.inner.tree;
+        let tree = &self.access_tree()?;
         let index = if !filter.case_id.is_empty() {
             Some(index_prefix(BY_CASE, &filter.case_id))
         } else if !filter.principal.is_empty() {
@@ -331,7 +342,7 @@ impl AccessLog {
     /// One record by sequence.
     pub fn record(&self, sequence: u64) -> Result<Option<AccessRecord>> {
         let key = record_key(sequence);
-        match self.inner.tree.get(key)? {
+        match self.access_tree()?.get(key)? {
             Some(v) => decode(&key, &v).map(Some),
             None => Ok(None),
         }
@@ -350,7 +361,7 @@ impl AccessLog {
             .head
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let tree = &self.inner.tree;
+        let tree = &self.access_tree()?;
         let mut prev = [0u8; 32];
         let mut expected = 1u64;
         for item in tree.scan_prefix([RECORD]) {
@@ -464,9 +475,34 @@ impl AccessLog {
 
     /// The raw tree, for tests that tamper with storage.
     #[cfg(test)]
-    pub(crate) fn tree(&self) -> &sled::Tree {
-        &self.inner.tree
+    pub(crate) fn tree(&self) -> sled::Tree {
+        self.access_tree().expect("the store is open")
     }
+}
+
+/// The head as stored. Fails if records exist but the head is missing:
+/// appending then could silently continue a damaged chain.
+fn read_head(tree: &sled::Tree) -> Result<Head> {
+    Ok(match tree.get(HEAD)? {
+        Some(b) => Head::decode(&b).ok_or_else(|| Error::Corruption {
+            at: Location::AccessHead,
+            detail: format!("{} bytes, expected 40", b.len()),
+        })?,
+        None => match tree.scan_prefix([RECORD]).next_back() {
+            None => Head::EMPTY,
+            Some(item) => {
+                let (k, _) = item?;
+                let last = k.get(1..).and_then(|s| s.try_into().ok());
+                return Err(Error::Corruption {
+                    at: Location::AccessHead,
+                    detail: format!(
+                        "missing, though the access log holds records up to {}; run `lianxi verify` and restore the data directory from a backup",
+                        last.map_or(0, u64::from_be_bytes)
+                    ),
+                });
+            }
+        },
+    })
 }
 
 fn decode(key: &[u8], bytes: &[u8]) -> Result<AccessRecord> {

@@ -10,6 +10,27 @@ pub enum Error {
         "the data directory {path} is in use by another lianxi process (or cannot be locked); stop `lianxi serve` before running this command"
     )]
     Locked { path: String },
+    /// The data directory cannot be opened or read as it is: damaged files,
+    /// or a storage library that stopped on them.
+    #[error(
+        "the data directory {path} is damaged ({detail}); stop the node, keep a copy of the directory for investigation, then restore it from a backup, or move it aside and start the node with an empty data directory to re-read the events stream"
+    )]
+    Damaged { path: String, detail: String },
+    /// The store cannot be used right now (a disk failure it is recovering
+    /// from, or a reopen in progress). Nothing was written or read; try
+    /// again.
+    #[error("the node's storage is unavailable: {reason}")]
+    Unavailable { reason: String },
+    /// The log found damage at open and does not grow (the reason says
+    /// which entry and what to do).
+    #[error("the log is not written to: {reason}")]
+    Unwritable { reason: String },
+    /// The high-water mark file could not be read or written.
+    #[error("cannot read or write the high-water mark {path}: {source}; check the disk")]
+    HighWater {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("log corrupted at {at}: {detail}")]
     Corruption { at: Location, detail: String },
     /// A tree size, leaf index or proof size the log cannot answer for:
@@ -30,6 +51,20 @@ pub enum Error {
     /// does not read (see ARCHITECTURE.md, "Storage layout").
     #[error("{detail}")]
     Layout { detail: String },
+}
+
+impl Error {
+    /// An error of the disk under the data directory (full, read-only, I/O
+    /// failure) or a store being reopened: it passes once the disk is
+    /// usable again, so the caller waits and retries instead of stopping.
+    pub fn is_storage_failure(&self) -> bool {
+        matches!(
+            self,
+            Error::Storage(sled::Error::Io(_))
+                | Error::Unavailable { .. }
+                | Error::HighWater { .. }
+        )
+    }
 }
 
 fn range_bound(what: &str, size: u64) -> String {

@@ -21,6 +21,7 @@ mod keys;
 mod log;
 mod merkle;
 mod receipts;
+mod store;
 
 pub use access::{AccessLog, access_hash};
 pub use checkpoint::{
@@ -34,3 +35,4 @@ pub use log::{
 };
 pub use merkle::{Hash, empty_root, leaf_hash, node_hash, verify_consistency, verify_inclusion};
 pub use receipts::rejected as rejection_receipt;
+pub use store::{DEFAULT_CACHE_BYTES, HIGH_WATER_FILE, HighWater, StoreOptions};

@@ -17,6 +17,7 @@ use crate::error::{Error, Location, Result};
 use crate::keys;
 use crate::merkle::{self, Frontier, Hash, Stored};
 use crate::receipts;
+use crate::store::{self, HighWater, Store, StoreOptions};
 
 /// The largest event the node accepts, in bytes. Larger messages are
 /// rejected (and kept, cut to this size) rather than stored.
@@ -25,34 +26,6 @@ pub const MAX_EVENT_BYTES: usize = 64 * 1024;
 /// Domain separation for entry hashes, so a log entry's hash can never be
 /// confused with a hash of anything else.
 const ENTRY_HASH_DOMAIN: &[u8] = b"lianxi.v1.LogEntry\0";
-
-/// How long `open` waits for a just-closed handle to release the directory
-/// lock: sled's background flusher holds the database briefly after the last
-/// handle is dropped.
-const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
-
-fn is_lock_error(e: &sled::Error) -> bool {
-    matches!(e, sled::Error::Io(io)
-        if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock"))
-}
-
-fn open_db(path: &Path) -> Result<sled::Db> {
-    let started = std::time::Instant::now();
-    loop {
-        match sled::Config::new().path(path).open() {
-            Ok(db) => return Ok(db),
-            Err(e) if is_lock_error(&e) && started.elapsed() < LOCK_WAIT => {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            Err(e) if is_lock_error(&e) => {
-                return Err(Error::Locked {
-                    path: path.display().to_string(),
-                });
-            }
-            Err(e) => return Err(Error::Storage(e)),
-        }
-    }
-}
 
 /// One message as read from the stream.
 #[derive(Debug, Clone)]
@@ -207,8 +180,8 @@ pub struct Log {
 }
 
 struct Inner {
-    db: sled::Db,
-    tree: sled::Tree,
+    /// The sled database, reopened in place after a disk failure.
+    store: Arc<Store>,
     policy: Policy,
     /// The single writer's state: the checkpoint as of the last flushed
     /// group. Held for a whole group, flush included.
@@ -218,11 +191,37 @@ struct Inner {
     published: Mutex<Checkpoint>,
     /// The node-local access log, in its own tree of the same database.
     access: AccessLog,
-    /// The node-local signed checkpoints (`Q` + issue number), in their own
-    /// tree: not part of the deterministic log.
-    checkpoints: sled::Tree,
     /// Serialises the numbering of stored checkpoints.
     issuing: Mutex<()>,
+    /// The high-water mark as last written (or read at open).
+    high_water: Mutex<Option<HighWater>>,
+    /// Set while the log holds fewer entries than the high-water mark: the
+    /// node lost a tail it had vouched for and must read it again.
+    behind: Mutex<Option<Behind>>,
+    /// Damage found at open among the newest entries (one missing, a broken
+    /// link, a checkpoint its entries do not match): the log is not written
+    /// to, and the node reports it, while what is there stays readable for
+    /// an investigation.
+    damage: Option<String>,
+}
+
+/// A log found below its high-water mark: it holds `have` entries, but
+/// the node had already receipted or signed `vouched`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Behind {
+    pub have: u64,
+    pub vouched: u64,
+    pub vouched_stream_sequence: u64,
+}
+
+impl std::fmt::Display for Behind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the log holds {} entries but this node had already receipted or signed {} (stream sequence {}): its storage lost a tail; it reads the events stream again and serves once it has caught up",
+            self.have, self.vouched, self.vouched_stream_sequence
+        )
+    }
 }
 
 /// A signed checkpoint as the node stored it.
@@ -251,33 +250,182 @@ impl Log {
     /// Opens (or creates) the log in `path` with the deadline `policy`. Views
     /// depend on the policy: every node reading one stream must use the same.
     pub fn open(path: &Path, policy: Policy) -> Result<Log> {
-        let db = open_db(path)?;
-        let tree = db.open_tree("lianxi.v1")?;
-        let checkpoint = match tree.get(keys::CHECKPOINT)? {
-            Some(b) => Checkpoint::decode(b.as_ref()).map_err(|e| Error::Corruption {
-                at: Location::Checkpoint,
-                detail: e.to_string(),
-            })?,
-            None => Checkpoint {
-                stream_sequence: 0,
-                global_sequence: 0,
-                last_hash: vec![0; 32],
-            },
+        Log::open_with(path, policy, StoreOptions::default())
+    }
+
+    /// `open` with storage settings (sled's cache size).
+    ///
+    /// Damaged files are an `Error::Damaged` naming the directory, never a
+    /// panic. The newest entries are checked against the checkpoint (a log
+    /// that claims entries it no longer holds is damaged), and the log is
+    /// compared with its high-water mark: a log below it is `behind` until
+    /// it has read the lost tail from the stream again.
+    pub fn open_with(path: &Path, policy: Policy, options: StoreOptions) -> Result<Log> {
+        let store = Arc::new(Store::open(path, options)?);
+        let tree = store.handles()?.log;
+        let checkpoint = store::guard(path, || read_checkpoint(&tree))?;
+        let damage = match store::guard(path, || check_tail(&tree, &checkpoint)) {
+            Ok(()) => None,
+            Err(e @ (Error::Corruption { .. } | Error::Damaged { .. })) => {
+                let e = damaged(path, e);
+                tracing::error!(data_dir = %path.display(), "{e}; the node does not write to it");
+                Some(e.to_string())
+            }
+            Err(e) => return Err(e),
         };
-        let access = AccessLog::open(&db)?;
-        let checkpoints = db.open_tree("checkpoints.v1")?;
-        Ok(Log {
+        drop(tree);
+        let high_water = HighWater::read(path)?;
+        let behind = high_water
+            .as_ref()
+            .filter(|hw| hw.global_sequence > checkpoint.global_sequence)
+            .map(|hw| Behind {
+                have: checkpoint.global_sequence,
+                vouched: hw.global_sequence,
+                vouched_stream_sequence: hw.stream_sequence,
+            });
+        if let Some(b) = &behind {
+            tracing::error!(data_dir = %path.display(), "{b}");
+        }
+        let access = store::guard(path, || AccessLog::open(store.clone()))?;
+        let log = Log {
             inner: Arc::new(Inner {
                 access,
-                checkpoints,
+                store,
                 issuing: Mutex::new(()),
-                db,
-                tree,
                 policy,
                 writer: Mutex::new(checkpoint.clone()),
                 published: Mutex::new(checkpoint),
+                high_water: Mutex::new(high_water),
+                behind: Mutex::new(behind),
+                damage,
             }),
-        })
+        };
+        if log.behind().is_none() {
+            log.check_high_water()?;
+        }
+        Ok(log)
+    }
+
+    fn handles(&self) -> Result<store::Handles> {
+        self.inner.store.handles()
+    }
+
+    fn log_tree(&self) -> Result<sled::Tree> {
+        Ok(self.handles()?.log)
+    }
+
+    /// The data directory.
+    pub fn path(&self) -> &Path {
+        self.inner.store.path()
+    }
+
+    /// Why the store cannot write, while it cannot (disk full, I/O error):
+    /// the node reports not-ready with this reason until `reopen` worked.
+    pub fn storage_failure(&self) -> Option<String> {
+        self.inner.store.failure()
+    }
+
+    /// Damage found among the newest entries at open: the log refuses to
+    /// grow; restore the directory or re-seed it from the stream.
+    pub fn damage(&self) -> Option<&str> {
+        self.inner.damage.as_deref()
+    }
+
+    /// Set while the log is below what the node had already receipted or
+    /// signed.
+    pub fn behind(&self) -> Option<Behind> {
+        self.inner
+            .behind
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Drops sled's handles and opens the data directory again, the way to
+    /// recover from an I/O error (sled keeps its first one for good). Waits
+    /// for the group being written and holds off access records meanwhile;
+    /// the checkpoint is read again from disk (a group whose flush failed
+    /// may be gone, and is read from the stream again).
+    pub fn reopen(&self) -> Result<()> {
+        let mut cp = self.writer();
+        let store = self.inner.store.clone();
+        self.inner.access.while_reopening(|| store.reopen())?;
+        let now = read_checkpoint(&self.log_tree()?)?;
+        *cp = now.clone();
+        *self
+            .inner
+            .published
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = now;
+        Ok(())
+    }
+
+    /// Makes the store writable again after a disk failure: reopens it
+    /// and checks it can flush. Ok at once when nothing failed.
+    pub fn recover(&self) -> Result<()> {
+        if self.storage_failure().is_none() {
+            return Ok(());
+        }
+        self.reopen()
+    }
+
+    /// Raises the high-water mark to `checkpoint` (written and fsynced in its
+    /// own file) unless it is there already. Call it before sending
+    /// receipts up to the checkpoint or signing a checkpoint of the tree.
+    pub fn raise_high_water(&self, checkpoint: &Checkpoint) -> Result<()> {
+        let mut hw = self
+            .inner
+            .high_water
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if hw.as_ref().is_some_and(|h| {
+            h.global_sequence >= checkpoint.global_sequence
+                && h.stream_sequence >= checkpoint.stream_sequence
+        }) {
+            return Ok(());
+        }
+        let next = HighWater::of(checkpoint);
+        next.write(self.path())?;
+        *hw = Some(next);
+        Ok(())
+    }
+
+    /// Once the log has reached its high-water mark, checks that the entry
+    /// there is the one the node vouched for, and clears `behind`.
+    fn check_high_water(&self) -> Result<()> {
+        let Some(hw) = self
+            .inner
+            .high_water
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        else {
+            return Ok(());
+        };
+        if self.checkpoint().global_sequence < hw.global_sequence {
+            return Ok(());
+        }
+        if hw.global_sequence > 0 {
+            let entry = self.entry(hw.global_sequence)?;
+            if entry.as_ref().map(|e| e.hash.as_slice()) != Some(&hw.last_hash[..]) {
+                return Err(Error::Damaged {
+                    path: self.path().display().to_string(),
+                    detail: format!(
+                        "entry {} is not the one this node receipted or signed (high-water mark hash {})",
+                        hw.global_sequence,
+                        hex::encode(hw.last_hash)
+                    ),
+                });
+            }
+        }
+        let mut behind = self.inner.behind.lock().unwrap_or_else(|p| p.into_inner());
+        if behind.take().is_some() {
+            tracing::info!(
+                global_sequence = hw.global_sequence,
+                "the log has caught up with its high-water mark again"
+            );
+        }
+        Ok(())
     }
 
     /// The access log: who read what. Every clone appends to one chain.
@@ -318,16 +466,21 @@ impl Log {
     /// is hashed; a missing key is an error (`Error::KeyUnavailable`) and
     /// nothing is written, so the caller can fetch it and try again.
     pub fn append_group(&self, group: &[Incoming], keys: &GroupKeys) -> Result<GroupReport> {
+        if let Some(damage) = &self.inner.damage {
+            return Err(Error::Unwritable {
+                reason: damage.clone(),
+            });
+        }
         let mut cp = self.writer();
         self.check_layout(&cp)?;
         // A log written before it kept a Merkle tree (or one whose tree was
         // damaged) must be rebuilt before it grows: say so before anything.
         if let Some(last) = cp.global_sequence.checked_sub(1)
-            && merkle::read_node(&self.inner.tree, 0, last)?.is_none()
+            && merkle::read_node(&self.log_tree()?, 0, last)?.is_none()
         {
             return Err(merkle::missing(0, last));
         }
-        let mut work = Group::new(self, cp.clone(), keys);
+        let mut work = Group::new(self, self.log_tree()?, cp.clone(), keys);
         let mut outcomes = Vec::with_capacity(group.len());
         for msg in group {
             let outcome = work.process(msg)?;
@@ -335,8 +488,9 @@ impl Log {
         }
         let (batch, next) = work.finish();
         if next != *cp {
-            self.inner.tree.apply_batch(batch)?;
-            self.inner.db.flush()?;
+            let (store, h) = (&self.inner.store, self.handles()?);
+            store.note(h.log.apply_batch(batch))?;
+            store.note(h.db.flush())?;
             *cp = next;
             *self
                 .inner
@@ -344,9 +498,14 @@ impl Log {
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner()) = cp.clone();
         }
+        let checkpoint = cp.clone();
+        drop(cp);
+        if self.behind().is_some() {
+            self.check_high_water()?;
+        }
         Ok(GroupReport {
             outcomes,
-            checkpoint: cp.clone(),
+            checkpoint,
         })
     }
 
@@ -400,12 +559,12 @@ impl Log {
 
     /// The current view of a case.
     pub fn case_view(&self, case_id: &str) -> Result<Option<CaseView>> {
-        read_view(&self.inner.tree, case_id)
+        read_view(&self.log_tree()?, case_id)
     }
 
     /// One entry by global sequence.
     pub fn entry(&self, global_sequence: u64) -> Result<Option<LogEntry>> {
-        read_entry(&self.inner.tree, global_sequence)
+        read_entry(&self.log_tree()?, global_sequence)
     }
 
     /// Entries of one case with a case sequence above `after`, at most `limit`.
@@ -413,7 +572,7 @@ impl Log {
         let start = keys::case_index(case_id, after.saturating_add(1));
         let prefix = keys::case_prefix(case_id);
         let mut out = Vec::new();
-        for item in self.inner.tree.range(start..) {
+        for item in self.log_tree()?.range(start..) {
             if out.len() >= limit {
                 break;
             }
@@ -425,7 +584,7 @@ impl Log {
                 at: Location::Key(hex::encode(&k)),
                 detail: "case index value is not a sequence".into(),
             })?;
-            let entry = read_entry(&self.inner.tree, gseq)?.ok_or_else(|| Error::Corruption {
+            let entry = read_entry(&self.log_tree()?, gseq)?.ok_or_else(|| Error::Corruption {
                 at: Location::Entry(gseq),
                 detail: format!("indexed by case {case_id} but missing"),
             })?;
@@ -438,7 +597,7 @@ impl Log {
     pub fn entries(&self, after: u64, limit: usize) -> Result<Vec<LogEntry>> {
         let start = keys::seq(keys::ENTRY, after.saturating_add(1));
         let mut out = Vec::new();
-        for item in self.inner.tree.range(start..) {
+        for item in self.log_tree()?.range(start..) {
             let (k, v) = item?;
             if k.first() != Some(&keys::ENTRY) || out.len() >= limit {
                 break;
@@ -499,7 +658,7 @@ impl Log {
     fn prior_before(&self, person: &str, global_sequence: u64) -> Result<Option<PriorCase>> {
         let start = keys::person_history_prefix(person);
         let end = keys::person_history(person, global_sequence);
-        match self.inner.tree.range(start..end).next_back() {
+        match self.log_tree()?.range(start..end).next_back() {
             // An erasure ends the person's link to the erased case.
             Some(Ok((_, v))) if v.is_empty() => Ok(None),
             Some(item) => {
@@ -516,7 +675,7 @@ impl Log {
     /// Every stored view, decoded, in case-id order.
     pub fn views(&self) -> Result<Vec<CaseView>> {
         let mut out = Vec::new();
-        for item in self.inner.tree.scan_prefix([keys::VIEW]) {
+        for item in self.log_tree()?.scan_prefix([keys::VIEW]) {
             let (k, v) = item?;
             out.push(CaseView::decode(v.as_ref()).map_err(|e| Error::Corruption {
                 at: Location::View(String::from_utf8_lossy(&k[1..]).into_owned()),
@@ -532,7 +691,7 @@ impl Log {
         let mut start = keys::named(keys::VIEW, after);
         start.push(0);
         let mut out = Vec::new();
-        for item in self.inner.tree.range(start..) {
+        for item in self.log_tree()?.range(start..) {
             let (k, v) = item?;
             if k.first() != Some(&keys::VIEW) || out.len() >= limit {
                 break;
@@ -548,7 +707,7 @@ impl Log {
     /// Every stored view, in case-id order, as stored bytes.
     pub fn view_bytes(&self) -> Result<Vec<(String, Vec<u8>)>> {
         let mut out = Vec::new();
-        for item in self.inner.tree.scan_prefix([keys::VIEW]) {
+        for item in self.log_tree()?.scan_prefix([keys::VIEW]) {
             let (k, v) = item?;
             let case = String::from_utf8_lossy(&k[1..]).into_owned();
             out.push((case, v.to_vec()));
@@ -583,7 +742,7 @@ impl Log {
     ) -> Result<Vec<M>> {
         let start = keys::seq(prefix, after.saturating_add(1));
         let mut out = Vec::new();
-        for item in self.inner.tree.range(start..) {
+        for item in self.log_tree()?.range(start..) {
             let (k, v) = item?;
             if k.first() != Some(&prefix) || out.len() >= limit {
                 break;
@@ -600,7 +759,7 @@ impl Log {
     /// processed it (None past the checkpoint, or for a sequence the stream
     /// never handed out).
     pub fn receipt(&self, stream_sequence: u64) -> Result<Option<Receipt>> {
-        let tree = &self.inner.tree;
+        let tree = &self.log_tree()?;
         if let Some(g) = tree
             .get(keys::seq(keys::BY_STREAM, stream_sequence))?
             .as_deref()
@@ -639,7 +798,7 @@ impl Log {
     /// event with the same id is never found.
     pub fn receipt_for_event(&self, agency: Agency, event_id: &str) -> Result<Option<Receipt>> {
         self.check_layout(&self.checkpoint())?;
-        let tree = &self.inner.tree;
+        let tree = &self.log_tree()?;
         if let Some(g) = tree
             .get(keys::scoped(keys::DEDUP, agency, event_id))?
             .as_deref()
@@ -662,7 +821,7 @@ impl Log {
     /// never found under the agency-scoped key, so a re-sent event would be
     /// applied twice and a lookup would say "not found, safe to publish").
     fn check_layout(&self, cp: &Checkpoint) -> Result<()> {
-        let tree = &self.inner.tree;
+        let tree = &self.log_tree()?;
         match tree.get(keys::LAYOUT)? {
             Some(v) if v.as_ref() == [keys::LAYOUT_VERSION] => Ok(()),
             Some(v) => Err(Error::Layout {
@@ -690,8 +849,7 @@ impl Log {
     /// The last stream sequence whose receipt the bus acknowledged.
     pub fn receipts_sent(&self) -> Result<u64> {
         Ok(self
-            .inner
-            .tree
+            .log_tree()?
             .get(keys::RECEIPTS_SENT)?
             .as_deref()
             .and_then(keys::be_u64)
@@ -702,7 +860,7 @@ impl Log {
     /// with the stream sequence of its `personal_data_erased` event.
     pub fn pending_erasures(&self) -> Result<Vec<(String, u64)>> {
         let mut out = Vec::new();
-        for item in self.inner.tree.scan_prefix([keys::ERASURE_PENDING]) {
+        for item in self.log_tree()?.scan_prefix([keys::ERASURE_PENDING]) {
             let (k, v) = item?;
             let case = String::from_utf8_lossy(&k[1..]).into_owned();
             let seq = keys::be_u64(&v).ok_or_else(|| Error::Corruption {
@@ -716,18 +874,19 @@ impl Log {
 
     /// Records that the case's key is destroyed and its messages purged.
     pub fn erasure_done(&self, case_id: &str) -> Result<()> {
-        self.inner
-            .tree
-            .remove(keys::named(keys::ERASURE_PENDING, case_id))?;
-        self.inner.db.flush()?;
+        let (store, h) = (&self.inner.store, self.handles()?);
+        store.note(h.log.remove(keys::named(keys::ERASURE_PENDING, case_id)))?;
+        store.note(h.db.flush())?;
         Ok(())
     }
 
     /// Records that receipts up to `stream_sequence` were acknowledged.
     pub fn set_receipts_sent(&self, stream_sequence: u64) -> Result<()> {
-        self.inner
-            .tree
-            .insert(keys::RECEIPTS_SENT, &stream_sequence.to_be_bytes())?;
+        let store = &self.inner.store;
+        store.note(
+            self.log_tree()?
+                .insert(keys::RECEIPTS_SENT, &stream_sequence.to_be_bytes()),
+        )?;
         Ok(())
     }
 
@@ -736,7 +895,7 @@ impl Log {
     /// one atomic batch (so a log written before it kept a tree gets one).
     pub fn rebuild(&self) -> Result<RebuildReport> {
         let _writer = self.writer();
-        let tree = &self.inner.tree;
+        let tree = &self.log_tree()?;
         let mut views: BTreeMap<String, CaseView> = BTreeMap::new();
         let mut persons: BTreeMap<String, PriorCase> = BTreeMap::new();
         // The person token of each case's opening, for erasures.
@@ -816,7 +975,7 @@ impl Log {
             batch.insert(&keys::tree_node(*level, *index), hash);
         }
         tree.apply_batch(batch)?;
-        self.inner.db.flush()?;
+        self.inner.store.note(self.handles()?.db.flush())?;
         Ok(RebuildReport {
             entries,
             cases: views.len() as u64,
@@ -829,7 +988,7 @@ impl Log {
     /// against the entries (and none past them), and the checkpoint at the
     /// end.
     pub fn verify(&self) -> Result<VerifyReport> {
-        let tree = &self.inner.tree;
+        let tree = &self.log_tree()?;
         let mut prev = [0u8; 32];
         let mut expected = 1u64;
         let mut case_seqs: HashMap<String, u64> = HashMap::new();
@@ -959,7 +1118,7 @@ impl Log {
     /// tree's root, SHA-256 of the empty string, for 0), from O(log n)
     /// stored subtrees. `OutOfRange` past `tree_size`.
     pub fn root(&self, size: u64) -> Result<[u8; 32]> {
-        merkle::root(&Stored(&self.inner.tree), size, self.tree_size())
+        merkle::root(&Stored(&self.log_tree()?), size, self.tree_size())
     }
 
     /// The inclusion proof (RFC 9162 §2.1.3.1 audit path) of leaf
@@ -968,7 +1127,7 @@ impl Log {
     /// `leaf_index < size <= tree_size`.
     pub fn inclusion_proof(&self, leaf_index: u64, size: u64) -> Result<Vec<[u8; 32]>> {
         merkle::inclusion_proof(
-            &Stored(&self.inner.tree),
+            &Stored(&self.log_tree()?),
             leaf_index,
             size,
             self.tree_size(),
@@ -980,13 +1139,13 @@ impl Log {
     /// unless `1 <= old <= new <= tree_size`; `old == new` gives an empty
     /// proof.
     pub fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<[u8; 32]>> {
-        merkle::consistency_proof(&Stored(&self.inner.tree), old, new, self.tree_size())
+        merkle::consistency_proof(&Stored(&self.log_tree()?), old, new, self.tree_size())
     }
 
     /// The raw tree, for tests in this crate that tamper with storage.
     #[cfg(test)]
-    pub(crate) fn tree(&self) -> &sled::Tree {
-        &self.inner.tree
+    pub(crate) fn tree(&self) -> sled::Tree {
+        self.log_tree().expect("the store is open")
     }
 
     /// Keeps a signed checkpoint the node issued, of the tree of `size`
@@ -1008,10 +1167,12 @@ impl Log {
         let mut value = Vec::with_capacity(8 + note.len());
         value.extend_from_slice(&size.to_be_bytes());
         value.extend_from_slice(note.as_bytes());
-        self.inner
-            .checkpoints
-            .insert(keys::seq(keys::SIGNED_CHECKPOINT, number), value)?;
-        self.inner.checkpoints.flush()?;
+        let (store, h) = (&self.inner.store, self.handles()?);
+        store.note(
+            h.checkpoints
+                .insert(keys::seq(keys::SIGNED_CHECKPOINT, number), value),
+        )?;
+        store.note(h.checkpoints.flush())?;
         Ok(StoredCheckpoint {
             number,
             size,
@@ -1024,7 +1185,7 @@ impl Log {
     pub fn checkpoints(&self, after: u64, limit: usize) -> Result<Vec<StoredCheckpoint>> {
         let start = keys::seq(keys::SIGNED_CHECKPOINT, after.saturating_add(1));
         let mut out = Vec::new();
-        for item in self.inner.checkpoints.range(start..) {
+        for item in self.handles()?.checkpoints.range(start..) {
             let (k, v) = item?;
             if k.first() != Some(&keys::SIGNED_CHECKPOINT) || out.len() >= limit {
                 break;
@@ -1037,7 +1198,7 @@ impl Log {
     /// The last checkpoint the node issued, if any.
     pub fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>> {
         match self
-            .inner
+            .handles()?
             .checkpoints
             .scan_prefix([keys::SIGNED_CHECKPOINT])
             .next_back()
@@ -1081,8 +1242,8 @@ pub struct Tamper<'a> {
 }
 
 impl Tamper<'_> {
-    fn tree(&self) -> &sled::Tree {
-        &self.log.inner.tree
+    fn tree(&self) -> Result<sled::Tree> {
+        self.log.log_tree()
     }
 
     /// Flips the lowest bit of the last byte of the stored entry's subject,
@@ -1090,7 +1251,7 @@ impl Tamper<'_> {
     /// there is no such entry.
     pub fn flip_byte(&self, global_sequence: u64) -> Result<bool> {
         let key = keys::seq(keys::ENTRY, global_sequence);
-        let Some(value) = self.tree().get(key)? else {
+        let Some(value) = self.tree()?.get(key)? else {
             return Ok(false);
         };
         let entry = decode_entry(&key, &value)?;
@@ -1106,29 +1267,29 @@ impl Tamper<'_> {
         if let Some(b) = bytes.get_mut(at) {
             *b ^= 1;
         }
-        self.tree().insert(key, bytes)?;
-        self.tree().flush()?;
+        self.tree()?.insert(key, bytes)?;
+        self.tree()?.flush()?;
         Ok(true)
     }
 
     /// Removes one stored entry.
     pub fn drop_entry(&self, global_sequence: u64) -> Result<bool> {
         let removed = self
-            .tree()
+            .tree()?
             .remove(keys::seq(keys::ENTRY, global_sequence))?;
-        self.tree().flush()?;
+        self.tree()?.flush()?;
         Ok(removed.is_some())
     }
 
     /// Swaps the stored values of two entries.
     pub fn swap_entries(&self, a: u64, b: u64) -> Result<bool> {
         let (ka, kb) = (keys::seq(keys::ENTRY, a), keys::seq(keys::ENTRY, b));
-        let (Some(va), Some(vb)) = (self.tree().get(ka)?, self.tree().get(kb)?) else {
+        let (Some(va), Some(vb)) = (self.tree()?.get(ka)?, self.tree()?.get(kb)?) else {
             return Ok(false);
         };
-        self.tree().insert(ka, vb)?;
-        self.tree().insert(kb, va)?;
-        self.tree().flush()?;
+        self.tree()?.insert(ka, vb)?;
+        self.tree()?.insert(kb, va)?;
+        self.tree()?.flush()?;
         Ok(true)
     }
 
@@ -1139,7 +1300,7 @@ impl Tamper<'_> {
     /// and every signed checkpoint of a larger tree. The hash chain of what
     /// is left is intact.
     pub fn truncate(&self, keep: u64) -> Result<u64> {
-        let tree = self.tree();
+        let tree = &self.tree()?;
         let mut batch = sled::Batch::default();
         let mut removed = 0u64;
         for item in tree.range(keys::seq(keys::ENTRY, keep.saturating_add(1))..) {
@@ -1171,13 +1332,26 @@ impl Tamper<'_> {
         tree.apply_batch(batch)?;
         tree.flush()?;
         *self.log.writer() = cp.clone();
+        // A consistent rewind rewinds the high-water mark too.
+        let mut hw = self
+            .log
+            .inner
+            .high_water
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if hw.is_some() {
+            let rewound = HighWater::of(&cp);
+            rewound.write(self.log.path())?;
+            *hw = Some(rewound);
+        }
+        drop(hw);
         *self
             .log
             .inner
             .published
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = cp;
-        let checkpoints = &self.log.inner.checkpoints;
+        let checkpoints = &self.log.handles()?.checkpoints;
         for item in checkpoints.scan_prefix([keys::SIGNED_CHECKPOINT]) {
             let (k, v) = item?;
             if decode_stored_checkpoint(&k, &v)?.size > keep {
@@ -1193,6 +1367,7 @@ impl Tamper<'_> {
 /// so that later events in the group see earlier ones.
 struct Group<'a> {
     log: &'a Log,
+    tree: sled::Tree,
     cp: Checkpoint,
     batch: sled::Batch,
     views: HashMap<String, CaseView>,
@@ -1211,9 +1386,10 @@ struct Group<'a> {
 }
 
 impl<'a> Group<'a> {
-    fn new(log: &'a Log, cp: Checkpoint, keys: &'a GroupKeys) -> Self {
+    fn new(log: &'a Log, tree: sled::Tree, cp: Checkpoint, keys: &'a GroupKeys) -> Self {
         Group {
             log,
+            tree,
             cp,
             batch: sled::Batch::default(),
             views: HashMap::new(),
@@ -1227,7 +1403,7 @@ impl<'a> Group<'a> {
     }
 
     fn tree(&self) -> &sled::Tree {
-        &self.log.inner.tree
+        &self.tree
     }
 
     fn finish(mut self) -> (sled::Batch, Checkpoint) {
@@ -1500,7 +1676,7 @@ impl<'a> Group<'a> {
     /// the group's later leaves).
     fn add_leaf(&mut self, index: u64, entry_hash: &Hash) -> Result<()> {
         let leaf = merkle::leaf_hash(entry_hash);
-        let tree = &self.log.inner.tree;
+        let tree = &self.tree;
         let overlay = &self.nodes;
         let created =
             merkle::append_leaf(index, leaf, |level, i| match overlay.get(&(level, i)) {
@@ -1715,6 +1891,84 @@ fn decode_prior(b: &[u8]) -> Option<PriorCase> {
         case_id,
         opened_at: Timestamp { seconds, nanos },
     })
+}
+
+/// How many of the newest entries `open` checks against the checkpoint.
+const TAIL_CHECK: u64 = 1024;
+
+fn read_checkpoint(tree: &sled::Tree) -> Result<Checkpoint> {
+    Ok(match tree.get(keys::CHECKPOINT)? {
+        Some(b) => Checkpoint::decode(b.as_ref()).map_err(|e| Error::Corruption {
+            at: Location::Checkpoint,
+            detail: e.to_string(),
+        })?,
+        None => Checkpoint {
+            stream_sequence: 0,
+            global_sequence: 0,
+            last_hash: vec![0; 32],
+        },
+    })
+}
+
+/// Checks the newest entries (up to `TAIL_CHECK`) against the checkpoint:
+/// each is there, decodes, links to the one before, has its Merkle leaf,
+/// and the last one's hash is the checkpoint's. A damaged file that sled
+/// reopens as a mix of old and new state (a checkpoint ahead of its
+/// entries, an entry missing near the end) is caught here, at start, not
+/// by a client later.
+fn check_tail(tree: &sled::Tree, cp: &Checkpoint) -> Result<()> {
+    let last = cp.global_sequence;
+    if last == 0 {
+        return Ok(());
+    }
+    let first = last.saturating_sub(TAIL_CHECK - 1).max(1);
+    let mut prev: Option<Vec<u8>> = None;
+    for seq in first..=last {
+        let entry = read_entry(tree, seq)?.ok_or_else(|| Error::Corruption {
+            at: Location::Entry(seq),
+            detail: format!("missing, though the checkpoint covers {last} entries"),
+        })?;
+        if let Some(prev) = &prev
+            && &entry.prev_hash != prev
+        {
+            return Err(Error::Corruption {
+                at: Location::Entry(seq),
+                detail: "does not link to the entry before it".to_owned(),
+            });
+        }
+        if merkle::read_node(tree, 0, seq - 1)?.is_none() {
+            return Err(Error::Corruption {
+                at: Location::TreeNode(0, seq - 1),
+                detail: format!("missing, though the checkpoint covers {last} entries"),
+            });
+        }
+        prev = Some(entry.hash);
+    }
+    if prev.as_deref() != Some(cp.last_hash.as_slice()) {
+        return Err(Error::Corruption {
+            at: Location::Checkpoint,
+            detail: format!("its hash is not the hash of entry {last}"),
+        });
+    }
+    if read_entry(tree, last + 1)?.is_some() {
+        return Err(Error::Corruption {
+            at: Location::Entry(last + 1),
+            detail: format!("present, though the checkpoint covers only {last} entries"),
+        });
+    }
+    Ok(())
+}
+
+/// Corruption found at open is a damaged data directory: the node must not
+/// start on it.
+fn damaged(path: &Path, e: Error) -> Error {
+    match e {
+        Error::Corruption { at, detail } => Error::Damaged {
+            path: path.display().to_string(),
+            detail: format!("{at}: {detail}"),
+        },
+        e => e,
+    }
 }
 
 fn read_view(tree: &sled::Tree, case_id: &str) -> Result<Option<CaseView>> {

@@ -8,6 +8,7 @@ mod offline;
 mod proof;
 mod publish;
 mod query;
+mod ready;
 mod render;
 mod serve;
 mod simulate;
@@ -41,6 +42,10 @@ struct DataArgs {
     /// reading one stream must use the same policy.
     #[arg(long, env = "LIANXI_POLICY")]
     policy: Option<PathBuf>,
+    /// sled's page cache in MiB: the largest part of the node's memory
+    /// (sled's own default is 1024).
+    #[arg(long, env = "LIANXI_CACHE_MB", default_value_t = 64)]
+    cache_mb: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -375,8 +380,28 @@ pub(crate) fn parse_agency(token: &str) -> Result<Agency, String> {
     })
 }
 
+/// sled panics on some damaged files; the panic is caught where the data
+/// directory is opened or verified and turned into an error that names the
+/// directory and what to do. Its own message (a line of sled internals)
+/// goes to the debug log, not to the user; every other panic prints as
+/// usual.
+fn quiet_storage_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let in_sled = info
+            .location()
+            .is_some_and(|l| l.file().contains("/sled-") || l.file().contains("\\sled-"));
+        if in_sled {
+            tracing::debug!(panic = %info, "the storage library panicked");
+        } else {
+            default(info);
+        }
+    }));
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    quiet_storage_panics();
     // A node logs what it does; a command-line client only what went wrong.
     let default_level = match cli.command {
         Command::Serve { .. } => "info",
@@ -419,6 +444,7 @@ fn main() -> std::process::ExitCode {
                         signing.checkpoint_interval_secs.max(1),
                     ),
                     nats_url: nats.nats_url,
+                    cache_bytes: data.cache_mb.max(1) * 1024 * 1024,
                     data_dir: data.data_dir,
                     policy: data.policy,
                     grpc_addr,
@@ -524,7 +550,7 @@ fn main() -> std::process::ExitCode {
                 )
                 .await
             }
-            Command::Rebuild { data } => offline::rebuild(&data.data_dir, data.policy.as_deref()),
+            Command::Rebuild { data } => offline::rebuild(&data),
             Command::Keygen { origin, out } => proof::keygen(&origin, &out),
             Command::Kek { out } => serve::kek(&out),
             Command::Export {
@@ -578,7 +604,7 @@ fn main() -> std::process::ExitCode {
                     )),
                 }
             }
-            Command::Verify { data, .. } => offline::verify(&data.data_dir, data.policy.as_deref()),
+            Command::Verify { data, .. } => offline::verify(&data),
         }
     });
     match result {

@@ -5,7 +5,9 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use lianxi_domain::Policy;
-use lianxi_log::Log;
+use lianxi_log::{HighWater, Log, StoreOptions};
+
+use crate::DataArgs;
 
 pub(crate) fn load_policy(path: Option<&Path>) -> Result<Policy> {
     match path {
@@ -23,32 +25,62 @@ pub(crate) fn load_policy(path: Option<&Path>) -> Result<Policy> {
     }
 }
 
-fn open(data_dir: &Path, policy: Option<&Path>) -> Result<Log> {
+fn open(data: &DataArgs) -> Result<Log> {
+    let data_dir = &data.data_dir;
     if !data_dir.exists() {
         bail!(
             "there is no data directory at {}; pass --data-dir (or LIANXI_DATA_DIR) of a node",
             data_dir.display()
         );
     }
-    let policy = load_policy(policy)?;
-    Log::open(data_dir, policy)
+    let policy = load_policy(data.policy.as_deref())?;
+    let options = StoreOptions {
+        cache_bytes: data.cache_mb.max(1) * 1024 * 1024,
+    };
+    Log::open_with(data_dir, policy, options)
         .with_context(|| format!("cannot open the log in {}", data_dir.display()))
 }
 
-pub(crate) fn rebuild(data_dir: &Path, policy: Option<&Path>) -> Result<()> {
-    let log = open(data_dir, policy)?;
-    let report = log.rebuild().context("rebuilding the views failed")?;
-    println!(
-        "rebuilt {} case views from {} log entries in {}",
-        report.cases,
-        report.entries,
-        data_dir.display()
-    );
-    Ok(())
+/// Runs `f` on the log, turning a panic of the storage library on a damaged
+/// file into an error that names the directory.
+fn guarded<T>(data_dir: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|p| {
+        let what = p
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        bail!(
+            "the data directory {} is damaged (the storage library stopped on it: {what}); keep a copy of the directory for investigation, then restore it from a backup, or move it aside and start the node with an empty data directory to re-read the events stream",
+            data_dir.display()
+        )
+    })
 }
 
-pub(crate) fn verify(data_dir: &Path, policy: Option<&Path>) -> Result<()> {
-    let log = open(data_dir, policy)?;
+pub(crate) fn rebuild(data: &DataArgs) -> Result<()> {
+    let data_dir = &data.data_dir;
+    guarded(data_dir, || {
+        let log = open(data)?;
+        let report = log.rebuild().context("rebuilding the views failed")?;
+        println!(
+            "rebuilt {} case views from {} log entries in {}",
+            report.cases,
+            report.entries,
+            data_dir.display()
+        );
+        Ok(())
+    })
+}
+
+pub(crate) fn verify(data: &DataArgs) -> Result<()> {
+    let data_dir = &data.data_dir;
+    guarded(data_dir, || verify_open(data_dir, &open(data)?))
+}
+
+fn verify_open(data_dir: &Path, log: &Log) -> Result<()> {
+    if let Some(damage) = log.damage() {
+        bail!("verification FAILED: {damage}");
+    }
     match log.verify() {
         Ok(report) => {
             println!(
@@ -57,6 +89,18 @@ pub(crate) fn verify(data_dir: &Path, policy: Option<&Path>) -> Result<()> {
                 report.cases,
                 hex::encode(report.last_hash)
             );
+            if let Some(behind) = log.behind() {
+                bail!(
+                    "verification FAILED: {behind}\nstart the node (`lianxi serve`) to read the lost entries from the events stream again, or restore {} from a backup",
+                    data_dir.display()
+                );
+            }
+            if let Some(hw) = HighWater::read(data_dir)? {
+                println!(
+                    "ok: the log reaches its high-water mark ({} entries receipted or signed)",
+                    hw.global_sequence
+                );
+            }
             match log.access_log().verify() {
                 Ok(n) => {
                     println!("ok: access log of {n} records, chain intact");

@@ -9,12 +9,13 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use lianxi_api::{AuditApi, CasesApi, Checkpointer, Gate, IntakeApi, Principals};
 use lianxi_ingest::IngestConfig;
-use lianxi_log::{CheckpointSigner, Log};
+use lianxi_log::{CheckpointSigner, Log, StoreOptions};
 use tokio::sync::watch;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
 use crate::offline::load_policy;
+use crate::ready::{Readiness, ReadyLayer};
 
 /// How long in-flight gRPC calls may take to finish on shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
@@ -34,6 +35,8 @@ pub(crate) struct ServeConfig {
     pub(crate) checkpoint_interval: Duration,
     pub(crate) kek_file: Option<PathBuf>,
     pub(crate) key_bucket: String,
+    /// sled's page cache, in bytes.
+    pub(crate) cache_bytes: u64,
 }
 
 /// How often an unfinished erasure (key store or bus unreachable) is tried
@@ -148,8 +151,14 @@ pub(crate) async fn run(config: ServeConfig) -> Result<()> {
             config.data_dir.display()
         )
     })?;
-    let log = Log::open(&config.data_dir, policy)
-        .with_context(|| format!("cannot open the log in {}", config.data_dir.display()))?;
+    let log = Log::open_with(
+        &config.data_dir,
+        policy,
+        StoreOptions {
+            cache_bytes: config.cache_bytes,
+        },
+    )
+    .with_context(|| format!("cannot open the log in {}", config.data_dir.display()))?;
     let signer = load_signer(
         config.signing_key.as_deref(),
         &config.data_dir,
@@ -259,15 +268,16 @@ pub(crate) async fn run(config: ServeConfig) -> Result<()> {
     ));
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<lianxi_proto::v1::cases_server::CasesServer<CasesApi>>()
-        .await;
-    health
-        .set_serving::<lianxi_proto::v1::intake_server::IntakeServer<IntakeApi>>()
-        .await;
-    health
-        .set_serving::<lianxi_proto::v1::audit_server::AuditServer<AuditApi>>()
-        .await;
+    // Health and the readiness gate follow the node's state (disk failed,
+    // behind its high-water mark, damaged), not a value set once at start.
+    let readiness = Readiness::default();
+    readiness.update(&log, &health).await;
+    let watching = tokio::spawn(crate::ready::watch(
+        log.clone(),
+        readiness.clone(),
+        health,
+        shutdown_rx.clone(),
+    ));
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(lianxi_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -277,6 +287,7 @@ pub(crate) async fn run(config: ServeConfig) -> Result<()> {
     let gate = Gate::new(principals, log.access_log());
     let mut grpc_shutdown = shutdown_rx.clone();
     let server = Server::builder()
+        .layer(ReadyLayer::new(readiness))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(
@@ -327,6 +338,7 @@ pub(crate) async fn run(config: ServeConfig) -> Result<()> {
         }
     }
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, signing).await;
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, watching).await;
     // Graceful shutdown waits for open client connections to go away; a
     // watching client may never leave, so in-flight calls get a grace period.
     let mut server = server;

@@ -292,7 +292,14 @@ fn a_missing_head_with_records_present_refuses_to_open() {
         let log = open(dir.path());
         ten(&log.access_log());
         log.access_log().tree().remove(HEAD).unwrap();
-        log.access_log().inner.db.flush().unwrap();
+        log.access_log()
+            .inner
+            .store
+            .handles()
+            .unwrap()
+            .db
+            .flush()
+            .unwrap();
     }
     match Log::open(dir.path(), Policy::default()) {
         Err(Error::Corruption { at, detail }) => {

@@ -1,0 +1,509 @@
+//! Faults of the node's own disk, made for real: a small tmpfs that fills
+//! up (during ingest, and under a start), bytes flipped inside sled's files,
+//! sled's file cut short after receipts went out, and a real backlog
+//! drained while the node's memory is measured. Real nats-server, real
+//! binary, real sled, real gRPC.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lianxi_proto::v1::audit_client::AuditClient;
+use lianxi_proto::v1::{Event, GetCaseRequest, GetTreeHeadRequest};
+use prost::Message;
+use rand::{Rng, SeedableRng};
+use support::{LIANXI, Nats, Node, Tmpfs, case_after, eventually, health, lianxi, rss_kib};
+use tonic_health::pb::health_check_response::ServingStatus;
+
+const CASES: &str = "lianxi.v1.Cases";
+
+fn workload(seed: u64, cases: usize, prefix: &str) -> Vec<Event> {
+    lianxi_sim::generate(&lianxi_sim::Workload {
+        seed,
+        cases,
+        prefix: prefix.into(),
+        ..lianxi_sim::Workload::default()
+    })
+    .into_iter()
+    .map(|(e, _)| e)
+    .collect()
+}
+
+/// Publishes the events, waiting for JetStream's acks; the last stream
+/// sequence.
+async fn publish_all(js: &async_nats::jetstream::Context, events: &[Event]) -> u64 {
+    let mut last = 0;
+    for chunk in events.chunks(256) {
+        let mut acks = Vec::with_capacity(chunk.len());
+        for e in chunk {
+            acks.push(
+                js.publish(support::subject(e), e.encode_to_vec().into())
+                    .await
+                    .expect("publish"),
+            );
+        }
+        for ack in acks {
+            last = ack.await.expect("stored by JetStream").sequence;
+        }
+    }
+    last
+}
+
+/// The node's tree head: (size, root).
+async fn tree_head(addr: &str) -> Option<(u64, Vec<u8>)> {
+    let mut c = AuditClient::connect(format!("http://{addr}")).await.ok()?;
+    let h = c
+        .get_tree_head(GetTreeHeadRequest { tree_size: 0 })
+        .await
+        .ok()?
+        .into_inner();
+    Some((h.tree_size, h.root_hash))
+}
+
+async fn stream_messages(js: &async_nats::jetstream::Context, name: &str) -> u64 {
+    js.get_stream(name)
+        .await
+        .expect("stream")
+        .info()
+        .await
+        .expect("stream info")
+        .state
+        .messages
+}
+
+/// A second node on an ordinary disk reads the same stream: the reference
+/// for "nothing lost, nothing applied twice".
+async fn reference_head(nats: &Nats, last: u64, case_id: &str) -> (u64, Vec<u8>) {
+    let data = tempfile::tempdir().unwrap();
+    let node = Node::start(&nats.url(), data.path());
+    let mut client = node.client().await;
+    case_after(&mut client, case_id, last).await;
+    tree_head(&node.grpc_addr)
+        .await
+        .expect("reference tree head")
+}
+
+fn mount_or_skip(test: &str, size_mb: u64) -> Option<Tmpfs> {
+    match Tmpfs::mount(size_mb) {
+        Ok(fs) => Some(fs),
+        Err(e) => {
+            println!(
+                "FAULT-TEST {test}: SKIPPED, a tmpfs cannot be mounted here ({e}); run the tests as root to fill a real disk"
+            );
+            // The skip itself is the assertion: it says why.
+            assert!(!e.is_empty());
+            None
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_disk_during_ingest_loses_nothing_and_the_node_resumes_when_space_returns() {
+    let name = "a_full_disk_during_ingest_loses_nothing_and_the_node_resumes_when_space_returns";
+    let Some(fs) = mount_or_skip(name, 48) else {
+        return;
+    };
+    let nats = Nats::start();
+    let js = nats.jetstream().await;
+    let data = fs.path().join("data");
+    let mut node = Node::start(&nats.url(), &data);
+    let events = workload(41, 120, "FULL");
+    let (before, after) = events.split_at(events.len() / 3);
+    let first = publish_all(&js, before).await;
+    let mut client = node.client().await;
+    case_after(&mut client, &before[before.len() - 1].case_id, first).await;
+    assert_eq!(
+        health(&node.grpc_addr, CASES).await,
+        Some(ServingStatus::Serving as i32)
+    );
+
+    let filled = fs.fill();
+    let last = publish_all(&js, after).await;
+    let not_serving = eventually(Duration::from_secs(30), || async {
+        health(&node.grpc_addr, CASES).await == Some(ServingStatus::NotServing as i32)
+    })
+    .await;
+    assert!(
+        not_serving,
+        "health must say NOT_SERVING while the disk is full"
+    );
+    // Reads are refused with a status that says why; the node stays up.
+    let refused = client
+        .get_case(GetCaseRequest {
+            case_id: before[0].case_id.clone(),
+            now: None,
+        })
+        .await
+        .expect_err("a read that cannot be recorded must be refused");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(
+        refused.message().contains("full"),
+        "the refusal must say the disk is full: {}",
+        refused.message()
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(node.is_running(), "the node must stay up on a full disk");
+
+    fs.free();
+    let resumed = eventually(Duration::from_secs(60), || async {
+        health(&node.grpc_addr, CASES).await == Some(ServingStatus::Serving as i32)
+    })
+    .await;
+    assert!(resumed, "the node must resume by itself when space returns");
+    let mut client = node.client().await;
+    case_after(&mut client, &after[after.len() - 1].case_id, last).await;
+    let head = tree_head(&node.grpc_addr).await.expect("tree head");
+    let receipted = eventually(Duration::from_secs(30), || async {
+        stream_messages(&js, "LIANXI_RECEIPTS").await == last
+    })
+    .await;
+    let receipts = stream_messages(&js, "LIANXI_RECEIPTS").await;
+    let reference = reference_head(&nats, last, &after[after.len() - 1].case_id).await;
+    println!(
+        "FAULT-TEST {name}: filled a {}-byte tmpfs during ingest; health NOT_SERVING, reads UNAVAILABLE \"disk is full\"; freed it; {} events published, {} entries, {} receipts, lost: {}, duplicated: {}, roots equal: {}",
+        filled,
+        last,
+        head.0,
+        receipts,
+        reference.0.saturating_sub(head.0),
+        head.0.saturating_sub(reference.0),
+        head == reference
+    );
+    assert!(
+        receipted,
+        "every message gets one receipt: {receipts} of {last}"
+    );
+    assert_eq!(
+        head, reference,
+        "the node must hold what a node on a good disk holds"
+    );
+    node.stop();
+    let (ok, out, err) = lianxi(&["verify", "--data-dir", data.to_str().unwrap()], &[]);
+    assert!(ok, "the data directory must verify:\n{out}\n{err}");
+}
+
+/// Runs `lianxi serve` on `data` for at most `within`; the exit status
+/// (None when it kept running and was killed) and what it wrote to stderr.
+fn serve_briefly(
+    nats_url: &str,
+    data: &Path,
+    within: Duration,
+) -> (Option<std::process::ExitStatus>, String) {
+    // Not next to the data directory: that disk may be full.
+    let err_dir = tempfile::tempdir().expect("temp dir");
+    let err_path = err_dir.path().join("stderr");
+    let err_file = std::fs::File::create(&err_path).expect("stderr file");
+    let mut child = Command::new(LIANXI)
+        .arg("serve")
+        .env("LIANXI_NATS_URL", nats_url)
+        .env("LIANXI_DATA_DIR", data)
+        .env("LIANXI_GRPC_ADDR", "127.0.0.1:0")
+        .env("LIANXI_KEK_FILE", support::test_kek_file())
+        .env(
+            "LIANXI_LOG",
+            std::env::var("DISK_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdout(Stdio::null())
+        .stderr(err_file)
+        .spawn()
+        .expect("start lianxi serve");
+    let started = Instant::now();
+    let status = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            break Some(status);
+        }
+        if started.elapsed() > within {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
+    (status, stderr)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_start_on_a_full_disk_never_damages_the_data_directory() {
+    let name = "a_start_on_a_full_disk_never_damages_the_data_directory";
+    let Some(fs) = mount_or_skip(name, 32) else {
+        return;
+    };
+    let nats = Nats::start();
+    let js = nats.jetstream().await;
+    let data = fs.path().join("data");
+    let node = Node::start(&nats.url(), &data);
+    let events = workload(43, 40, "START");
+    let last = publish_all(&js, &events).await;
+    let mut client = node.client().await;
+    case_after(&mut client, &events[events.len() - 1].case_id, last).await;
+    let head = tree_head(&node.grpc_addr).await.expect("tree head");
+    node.stop();
+
+    fs.fill();
+    let trials = 8;
+    let mut exited = 0;
+    for _ in 0..trials {
+        // A supervisor restarting the node while the disk is still full.
+        let (status, stderr) = serve_briefly(&nats.url(), &data, Duration::from_secs(4));
+        assert!(
+            !stderr.contains("panicked"),
+            "a start on a full disk must not panic:\n{stderr}"
+        );
+        if let Some(status) = status {
+            exited += 1;
+            assert_ne!(status.code(), Some(101), "{stderr}");
+        }
+        let (_, _, verr) = lianxi(&["verify", "--data-dir", data.to_str().unwrap()], &[]);
+        assert!(!verr.contains("panicked"), "{verr}");
+    }
+    fs.free();
+    let (ok, out, err) = lianxi(&["verify", "--data-dir", data.to_str().unwrap()], &[]);
+    assert!(
+        ok,
+        "after starts on a full disk and space freed, the data directory must open and verify:\n{out}\n{err}"
+    );
+    let node = Node::start(&nats.url(), &data);
+    let again = tree_head(&node.grpc_addr).await.expect("tree head");
+    println!(
+        "FAULT-TEST {name}: {trials} starts of `lianxi serve` on a full tmpfs ({exited} exited with an error, the others killed after 4 s), `lianxi verify` after each; space freed: verify ok, the node serves {} entries (before: {}), roots equal: {}",
+        again.0,
+        head.0,
+        again == head
+    );
+    assert_eq!(again, head);
+}
+
+/// A data directory of a stopped node that read `cases` simulated cases.
+async fn filled_data_dir(nats: &Nats, seed: u64, cases: usize) -> (tempfile::TempDir, u64) {
+    let js = nats.jetstream().await;
+    let data = tempfile::tempdir().unwrap();
+    let node = Node::start(&nats.url(), data.path());
+    let events = workload(seed, cases, "DISK");
+    let last = publish_all(&js, &events).await;
+    let mut client = node.client().await;
+    case_after(&mut client, &events[events.len() - 1].case_id, last).await;
+    let _ = eventually(Duration::from_secs(30), || async {
+        stream_messages(&js, "LIANXI_RECEIPTS").await == last
+    })
+    .await;
+    node.stop();
+    (data, last)
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn flipped_bytes_in_sled_files_end_in_a_clear_error_never_a_panic() {
+    let name = "flipped_bytes_in_sled_files_end_in_a_clear_error_never_a_panic";
+    let nats = Nats::start();
+    let (pristine, _) = filled_data_dir(&nats, 45, 80).await;
+    let scratch = tempfile::tempdir().unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(45);
+    let trials = 12;
+    let (mut verify_failed, mut serve_refused) = (0, 0);
+    for trial in 0..trials {
+        let work = scratch.path().join(format!("trial-{trial}"));
+        copy_dir(pristine.path(), &work);
+        let db = work.join("db");
+        let mut bytes = std::fs::read(&db).unwrap();
+        for _ in 0..6 {
+            let at = rng.random_range(0..bytes.len());
+            bytes[at] ^= 0xff;
+        }
+        std::fs::write(&db, &bytes).unwrap();
+        let shown = work.display().to_string();
+
+        let (ok, out, err) = lianxi(&["verify", "--data-dir", &shown], &[]);
+        assert!(
+            !err.contains("panicked"),
+            "trial {trial}: verify must not panic:\n{err}"
+        );
+        if !ok {
+            verify_failed += 1;
+            assert!(
+                err.contains(&shown),
+                "trial {trial}: the error must name the data directory:\n{err}"
+            );
+        } else {
+            assert!(out.contains("ok:"), "{out}");
+        }
+
+        let (status, stderr) = serve_briefly(&nats.url(), &work, Duration::from_secs(5));
+        assert!(
+            !stderr.contains("panicked"),
+            "trial {trial}: serve must not panic:\n{stderr}"
+        );
+        if let Some(status) = status {
+            assert_ne!(status.code(), Some(101), "trial {trial}: {stderr}");
+            assert!(!status.success(), "{stderr}");
+            serve_refused += 1;
+            assert!(
+                stderr.contains(&shown),
+                "trial {trial}: the error must name the data directory:\n{stderr}"
+            );
+        }
+    }
+    println!(
+        "FAULT-TEST {name}: {trials} copies of a data directory with 6 bytes flipped in sled's db file each; verify failed on {verify_failed} naming the directory, serve refused {serve_refused} naming it; panics: 0, exit code 101: 0"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_tail_is_noticed_at_start_and_read_again_before_the_node_serves() {
+    let name = "a_lost_tail_is_noticed_at_start_and_read_again_before_the_node_serves";
+    let nats = Nats::start();
+    let js = nats.jetstream().await;
+    let data = tempfile::tempdir().unwrap();
+    let node = Node::start(&nats.url(), data.path());
+    let events = workload(47, 200, "TAIL");
+    let last = publish_all(&js, &events).await;
+    let mut client = node.client().await;
+    case_after(&mut client, &events[events.len() - 1].case_id, last).await;
+    let receipted = eventually(Duration::from_secs(30), || async {
+        stream_messages(&js, "LIANXI_RECEIPTS").await == last
+    })
+    .await;
+    assert!(receipted);
+    let head = tree_head(&node.grpc_addr).await.expect("tree head");
+    node.stop();
+
+    // Cut the end of sled's file, as a lost write-back cache would.
+    let db = data.path().join("db");
+    let len = std::fs::metadata(&db).unwrap().len();
+    let cut = len - len / 3;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&db)
+        .unwrap()
+        .set_len(cut)
+        .unwrap();
+    let opened = lianxi_log::Log::open(data.path(), lianxi_domain::Policy::default());
+    let behind = match &opened {
+        Ok(log) => log.behind(),
+        Err(e) => panic!("a cut file must still open (sled reopens an older state): {e}"),
+    };
+    drop(opened);
+    let behind = behind.expect("the cut log must be noticed as behind its high-water mark");
+    assert!(behind.have < head.0, "{behind:?}");
+    let (ok, out, err) = lianxi(
+        &["verify", "--data-dir", data.path().to_str().unwrap()],
+        &[],
+    );
+    assert!(!ok, "offline verify must report the lost tail:\n{out}");
+    assert!(err.contains("receipted or signed"), "{err}");
+
+    let node = Node::start(&nats.url(), data.path());
+    let caught_up = eventually(Duration::from_secs(60), || async {
+        health(&node.grpc_addr, CASES).await == Some(ServingStatus::Serving as i32)
+    })
+    .await;
+    assert!(
+        caught_up,
+        "the node must catch up from the stream and serve"
+    );
+    let again = tree_head(&node.grpc_addr).await.expect("tree head");
+    println!(
+        "FAULT-TEST {name}: cut sled's db file from {len} to {cut} bytes after {} entries were receipted; the log reopened with {} (noticed: behind its high-water mark; offline verify FAILED); the node read the stream again and serves {} entries, roots equal: {}",
+        head.0,
+        behind.have,
+        again.0,
+        again == head
+    );
+    assert_eq!(
+        again, head,
+        "after catching up, the node holds what it receipted"
+    );
+    node.stop();
+    let (ok, out, err) = lianxi(
+        &["verify", "--data-dir", data.path().to_str().unwrap()],
+        &[],
+    );
+    assert!(ok, "{out}\n{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backlog_drains_with_bounded_memory() {
+    let name = "a_backlog_drains_with_bounded_memory";
+    let nats = Nats::start();
+    let js = nats.jetstream().await;
+    let events = workload(49, 4000, "MEM");
+    let last = publish_all(&js, &events).await;
+    let data = tempfile::tempdir().unwrap();
+    let node = Node::start(&nats.url(), data.path());
+    let start_rss = rss_kib(node.pid());
+    let pid = node.pid();
+    let sampler = std::thread::spawn(move || {
+        let mut peak = 0;
+        let mut samples = 0;
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(600) {
+            let rss = rss_kib(pid);
+            if rss == 0 {
+                break;
+            }
+            peak = peak.max(rss);
+            samples += 1;
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        (peak, samples)
+    });
+    let started = Instant::now();
+    let mut client = node.client().await;
+    case_after_long(&mut client, &events[events.len() - 1].case_id, last).await;
+    let drained = started.elapsed();
+    let end_rss = rss_kib(node.pid());
+    node.stop();
+    let (peak, samples) = sampler.join().unwrap();
+    println!(
+        "FAULT-TEST {name}: drained a backlog of {last} events in {:.1} s with the default cache (64 MiB); resident memory {} MiB at start, peak {} MiB ({samples} samples), {} MiB at the end",
+        drained.as_secs_f64(),
+        start_rss / 1024,
+        peak / 1024,
+        end_rss / 1024
+    );
+    assert!(
+        peak < 300 * 1024,
+        "resident memory peaked at {} MiB",
+        peak / 1024
+    );
+}
+
+/// Like `case_after`, for a backlog that takes longer than its 30 s.
+async fn case_after_long(
+    client: &mut lianxi_proto::v1::cases_client::CasesClient<tonic::transport::Channel>,
+    case_id: &str,
+    stream_sequence: u64,
+) {
+    let started = Instant::now();
+    loop {
+        if let Ok(r) = client
+            .get_case(GetCaseRequest {
+                case_id: case_id.into(),
+                now: None,
+            })
+            .await
+            && r.get_ref().applied_stream_sequence >= stream_sequence
+        {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "the backlog did not drain"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
