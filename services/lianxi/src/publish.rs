@@ -171,7 +171,7 @@ async fn publish_only(
                 subject.clone(),
                 Publish::build()
                     .payload(event.encode_to_vec().into())
-                    .message_id(event.event_id.clone()),
+                    .message_id(lianxi_client::message_id(&event.event_id)),
             )
             .await
             .with_context(|| format!("line {line}: publishing {} failed", event.event_id))?;
