@@ -460,7 +460,7 @@ impl Client {
             subject.to_owned(),
             PublishMessage::build()
                 .payload(bytes_of(event))
-                .message_id(message_id.to_owned()),
+                .message_id(message_id),
         );
         match tokio::time::timeout(self.inner.options.ack_timeout, send).await {
             Ok(sent) => sent.map_err(|e| e.to_string()),
@@ -677,8 +677,7 @@ impl Pending {
                             break;
                         }
                     }
-                    let outcome = *rx.borrow();
-                    outcome
+                    *rx.borrow()
                 }
                 None => Outcome::Stored,
             };
