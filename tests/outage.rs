@@ -414,3 +414,177 @@ async fn a_re_send_after_a_rejection_reaches_the_node_and_gets_its_own_receipt()
     );
     drop(node);
 }
+
+/// The agency and node users of deploy/nats/lianxi.conf, with test
+/// passwords (in double quotes inside the variable, as the README says).
+fn user_env() -> Vec<(String, String)> {
+    [
+        "political_legal_committee",
+        "police",
+        "court",
+        "civil_affairs",
+        "labour",
+        "womens_federation",
+        "justice_bureau",
+        "node",
+    ]
+    .iter()
+    .map(|u| {
+        (
+            format!("LIANXI_{}_PASSWORD", u.to_uppercase()),
+            format!("\"pw-{u}\""),
+        )
+    })
+    .collect()
+}
+
+/// One server of a three-server cluster from `deploy/nats/lianxi-cluster.conf`
+/// on this machine: its client port, cluster port and store.
+fn cluster_server(
+    i: usize,
+    ports: &[(u16, u16); 3],
+    store: tempfile::TempDir,
+) -> (std::process::Child, tempfile::TempDir) {
+    let mut env = user_env();
+    env.push(("LIANXI_NATS_SERVER_NAME".into(), format!("lianxi-nats-{i}")));
+    for (r, (_, cluster)) in ports.iter().enumerate() {
+        env.push((
+            format!("LIANXI_NATS_ROUTE_{}", r + 1),
+            format!("nats-route://127.0.0.1:{cluster}"),
+        ));
+    }
+    let log = std::fs::File::create(store.path().join("nats-server.log")).unwrap();
+    let child = Command::new(support::nats_server_bin())
+        .arg("-c")
+        .arg(shipped_conf("lianxi-cluster.conf"))
+        .args(["-a", "127.0.0.1", "-p", &ports[i].0.to_string()])
+        // The file listens for routes on 0.0.0.0:6222; three servers on one
+        // machine need a port each.
+        .args(["--cluster", &format!("nats://127.0.0.1:{}", ports[i].1)])
+        .arg("-sd")
+        .arg(store.path())
+        .envs(env)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    (child, store)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_r3_on_three_servers_one_killed_under_load_loses_nothing() {
+    let ports = [
+        (support::free_port(), support::free_port()),
+        (support::free_port(), support::free_port()),
+        (support::free_port(), support::free_port()),
+    ];
+    let mut servers: Vec<(std::process::Child, tempfile::TempDir)> = (0..3)
+        .map(|i| cluster_server(i, &ports, tempfile::tempdir().unwrap()))
+        .collect();
+    let url = |user: &str, i: usize| format!("nats://{user}:pw-{user}@127.0.0.1:{}", ports[i].0);
+    // Wait for the cluster to elect its JetStream leader.
+    let started = Instant::now();
+    loop {
+        let ready = async {
+            let c = lianxi_client::connect_options(&url("node", 0))
+                .connect(url("node", 0))
+                .await
+                .ok()?;
+            async_nats::jetstream::new(c).query_account().await.ok()
+        };
+        if tokio::time::timeout(Duration::from_secs(5), ready)
+            .await
+            .ok()
+            .flatten()
+            .is_some()
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the cluster elected no JetStream leader"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let data = tempfile::tempdir().unwrap();
+    let node = Node::start_with_env(
+        &url("node", 0),
+        data.path(),
+        &[
+            ("LIANXI_STREAM_REPLICAS", "3"),
+            ("LIANXI_BUS_SYNC", "always"),
+        ],
+    );
+    // The women's federation's own caseload: each case opened, then
+    // follow-ups, all by one agency (its user may publish nothing else).
+    let mut events = Vec::new();
+    for c in 0..150 {
+        let case = format!("R3-{c:04}");
+        events.push(opened(&format!("{case}-0"), &case, T0 + c));
+        for k in 1..=9 {
+            events.push(progress(&format!("{case}-{k}"), &case, T0 + c + 60 * k));
+        }
+    }
+    // Interleave cases, as a city's load arrives.
+    events.sort_by_key(|e| e.occurred_at.map(|t| t.seconds));
+    let total = events.len();
+    let client = lianxi_client::Client::connect(
+        &url("womens_federation", 1),
+        lianxi_client::Options::for_agency(Agency::WomensFederation),
+    )
+    .await
+    .unwrap();
+    let to_publish = events.clone();
+    let publishing = tokio::spawn(async move { client.publish_all(to_publish).await });
+
+    // Under load, the server the client is connected to is killed and
+    // stays down.
+    let watch = lianxi_client::connect_options(&url("node", 0))
+        .connect(url("node", 0))
+        .await
+        .unwrap();
+    let js = async_nats::jetstream::new(watch);
+    let during = wait_until_on_stream(&js, total as u64 / 3, || publishing.is_finished()).await;
+    assert!(during, "the client finished before the kill");
+    let before = on_stream(&js).await;
+    let (mut killed, _store) = servers.remove(1);
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+
+    let results = tokio::time::timeout(Duration::from_secs(900), publishing)
+        .await
+        .expect("publish_all finished")
+        .unwrap();
+    let mut accepted = 0;
+    for (e, r) in events.iter().zip(&results) {
+        let r = r
+            .as_ref()
+            .unwrap_or_else(|err| panic!("{}: no receipt: {err}", e.event_id));
+        assert_eq!(r.status, ReceiptStatus::Accepted as i32, "{r:?}");
+        let d = r.durability.clone().unwrap_or_default();
+        assert_eq!((d.stream_replicas, d.stream_sync.as_str()), (3, "always"));
+        accepted += 1;
+    }
+    let replicas = js
+        .get_stream("LIANXI_EVENTS")
+        .await
+        .unwrap()
+        .get_info()
+        .await
+        .map(|i| i.config.num_replicas)
+        .unwrap_or(0);
+    assert_eq!(replicas, 3);
+    assert!(node.stop().success());
+    let (entries, ids) = check_log(data.path(), &events);
+    for (mut child, _) in servers {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    println!(
+        "FAULT-TEST with_r3_on_three_servers_one_killed_under_load_loses_nothing: three servers \
+         from lianxi-cluster.conf, streams R3; killed (SIGKILL) the server the client was \
+         connected to with {before} of {total} events on the stream, not restarted; client \
+         defaults: events {total}, accepted {accepted}, rejected 0, no receipt 0; log entries \
+         {entries} = ids {ids}, lost: 0, duplicated: 0"
+    );
+}
