@@ -122,7 +122,9 @@ enum Command {
         purpose: Option<String>,
     },
     /// Publish events, one canonical protobuf JSON object per line, each on
-    /// its agency's subject.
+    /// its agency's subject, and wait for each receipt. Rides out a bus or
+    /// node outage of up to 10 minutes; exits 1 when any event was rejected
+    /// or has no receipt.
     Publish {
         #[command(flatten)]
         nats: NatsArgs,
