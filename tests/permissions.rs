@@ -67,8 +67,23 @@ fn conf() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/nats/lianxi.conf")
 }
 
-fn durable_conf() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/nats/lianxi-durable.conf")
+fn cluster_conf() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/nats/lianxi-cluster.conf")
+}
+
+/// What one server of the three-server cluster is told besides passwords.
+fn cluster_env() -> Vec<(String, String)> {
+    let mut env = vec![(
+        "LIANXI_NATS_SERVER_NAME".to_owned(),
+        "lianxi-nats-1".to_owned(),
+    )];
+    for i in 1..=3 {
+        env.push((
+            format!("LIANXI_NATS_ROUTE_{i}"),
+            format!("nats-route://127.0.0.1:{}", 16220 + i),
+        ));
+    }
+    env
 }
 
 /// A nats-server with the deployment configuration and a password for
@@ -753,13 +768,14 @@ async fn only_known_users_with_their_password_get_in() {
         login(&nats, user, Some(&format!("_INBOX_{user}"))).await;
     }
 
-    // A server missing one password refuses to start; the durable variant
+    // A server missing one password refuses to start; the cluster variant
     // includes the same users.
-    for file in [conf(), durable_conf()] {
+    for file in [conf(), cluster_conf()] {
         let check = |missing: Option<&str>| {
             let mut check = std::process::Command::new(support::nats_server_bin());
             check.arg("-c").arg(&file).arg("-t");
             check.envs(server_env());
+            check.envs(cluster_env());
             if let Some(user) = missing {
                 check.env_remove(password_variable(user));
             }
@@ -840,5 +856,150 @@ async fn the_agency_client_library_works_within_an_agencys_permissions() {
         }
         Ok(_) => panic!("a wrong password was accepted"),
     }
+    drop(node);
+}
+
+#[tokio::test]
+async fn an_agency_reads_the_receipts_it_missed_from_its_own_consumer_and_no_other() {
+    let nats = start_bus();
+    let data = tempfile::tempdir().unwrap();
+    let node = start_node(&nats, data.path());
+    let watcher = as_node(&nats).await;
+    wait_for_stream(&watcher).await;
+    let police_bus = agency(&nats, "police").await;
+    let mut court_bus = agency(&nats, "court").await;
+    let url = |user: &str| format!("nats://{user}:{}@127.0.0.1:{}", password(user), nats.port);
+    let subject = |a: &str, case: &str| format!("lianxi.v1.events.{a}.{case}");
+
+    // While no police client listens, three police events and one court
+    // event are stored and receipted.
+    publish(
+        &police_bus,
+        &subject("police", "MISS-1"),
+        &opened("miss-1", "MISS-1", Agency::Police),
+    )
+    .await;
+    for (i, id) in ["miss-2", "miss-3"].iter().enumerate() {
+        let e = progress(id, "MISS-1", Agency::Police, T0 + 60 * (i as i64 + 1));
+        publish(&police_bus, &subject("police", "MISS-1"), &e).await;
+    }
+    publish(
+        &court_bus,
+        &subject("court", "MISS-C"),
+        &opened("miss-c", "MISS-C", Agency::Court),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !(lookup(&police_bus, "police", "miss-3").await.found
+        && lookup(&court_bus, "court", "miss-c").await.found)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the node did not apply the events"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The police system comes up and reads what it missed from its own
+    // durable consumer, oldest first, each with what it stands on.
+    let options = || lianxi_client::Options::for_agency(Agency::Police);
+    let police = lianxi_client::Client::connect(&url("police"), options())
+        .await
+        .unwrap();
+    let missed = police
+        .missed_receipts(10, Duration::from_secs(2))
+        .await
+        .expect("the police reads its own consumer");
+    let ids: Vec<&str> = missed.iter().map(|m| m.receipt.event_id.as_str()).collect();
+    assert_eq!(ids, ["miss-1", "miss-2", "miss-3"]);
+    for m in &missed {
+        assert_eq!(m.receipt.status, pb::ReceiptStatus::Accepted as i32);
+        assert_eq!(m.receipt.agency, Agency::Police as i32);
+        assert!(
+            m.receipt
+                .durability
+                .as_ref()
+                .is_some_and(|d| d.node_flushed)
+        );
+        m.ack()
+            .await
+            .expect("the police acknowledges on its own consumer");
+    }
+    drop(police);
+
+    // Away again; one more event. The next process resumes after the last
+    // receipt the first acknowledged: only the new one.
+    let e = progress("miss-4", "MISS-1", Agency::Police, T0 + 600);
+    publish(&police_bus, &subject("police", "MISS-1"), &e).await;
+    let police = lianxi_client::Client::connect(&url("police"), options())
+        .await
+        .unwrap();
+    let missed = police
+        .missed_receipts(10, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let ids: Vec<&str> = missed.iter().map(|m| m.receipt.event_id.as_str()).collect();
+    assert_eq!(ids, ["miss-4"]);
+    missed[0].ack().await.unwrap();
+
+    // The court's consumer holds the court's receipt and nothing of the
+    // police's.
+    let court = lianxi_client::Client::connect(
+        &url("court"),
+        lianxi_client::Options::for_agency(Agency::Court),
+    )
+    .await
+    .unwrap();
+    let missed = court
+        .missed_receipts(10, Duration::from_secs(2))
+        .await
+        .unwrap();
+    let ids: Vec<&str> = missed.iter().map(|m| m.receipt.event_id.as_str()).collect();
+    assert_eq!(ids, ["miss-c"]);
+
+    // The court may not read, inspect, acknowledge on, change or delete the
+    // police's consumer, nor make a consumer of its own that would see the
+    // police's receipts; nor may the police widen its own filter.
+    for subject in [
+        "$JS.API.CONSUMER.MSG.NEXT.LIANXI_RECEIPTS.police",
+        "$JS.API.CONSUMER.INFO.LIANXI_RECEIPTS.police",
+        "$JS.ACK.LIANXI_RECEIPTS.police.1.1.1.1.0",
+        "$JS.API.CONSUMER.DELETE.LIANXI_RECEIPTS.police",
+        "$JS.API.CONSUMER.CREATE.LIANXI_RECEIPTS.police.lianxi.v1.receipts.>",
+        "$JS.API.CONSUMER.CREATE.LIANXI_RECEIPTS.spy.lianxi.v1.receipts.police",
+        "$JS.API.CONSUMER.CREATE.LIANXI_RECEIPTS",
+        "$JS.API.STREAM.MSG.GET.LIANXI_RECEIPTS",
+        "$JS.API.DIRECT.GET.LIANXI_RECEIPTS",
+    ] {
+        court_bus
+            .client
+            .publish(subject, "{}".into())
+            .await
+            .expect("sent");
+        court_bus.client.flush().await.unwrap();
+        server_error(&mut court_bus, &publish_refused(subject)).await;
+    }
+    let mut police_probe = agency(&nats, "police").await;
+    let widen = "$JS.API.CONSUMER.CREATE.LIANXI_RECEIPTS.police.lianxi.v1.receipts.>";
+    police_probe
+        .client
+        .publish(widen, "{}".into())
+        .await
+        .unwrap();
+    police_probe.client.flush().await.unwrap();
+    server_error(&mut police_probe, &publish_refused(widen)).await;
+    // Through the library, a court client reads the court's consumer only:
+    // the police's receipts stay with the police.
+    let info = watcher
+        .js
+        .get_stream("LIANXI_RECEIPTS")
+        .await
+        .unwrap()
+        .consumer_info("police")
+        .await
+        .unwrap();
+    assert_eq!(info.config.filter_subject, "lianxi.v1.receipts.police");
+    assert_eq!(info.num_ack_pending, 0);
+    assert_eq!(info.num_pending, 0);
     drop(node);
 }

@@ -17,6 +17,13 @@ use tonic::transport::Channel;
 
 pub const LIANXI: &str = env!("CARGO_BIN_EXE_lianxi");
 
+/// A configuration file lianxi ships, under `deploy/nats/`.
+pub fn shipped_conf(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../deploy/nats")
+        .join(name)
+}
+
 /// One key-encryption key for every node of this test binary: nodes that
 /// share a bus must share the KEK, as in production.
 pub fn test_kek_file() -> &'static Path {
@@ -135,13 +142,63 @@ impl Nats {
         Nats { child, port, store }
     }
 
+    /// Starts a server from a configuration file over an existing store on
+    /// `port` (for a restart of a server started with
+    /// [`Nats::start_with_config`]).
+    pub fn restart_with_config(
+        conf: &Path,
+        envs: &[(&str, &str)],
+        store: tempfile::TempDir,
+        port: u16,
+    ) -> Nats {
+        let bin = nats_server_bin();
+        let log_path = store.path().join("nats-server.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .expect("server log file");
+        let mut child = Command::new(&bin)
+            .arg("-c")
+            .arg(conf)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(store.path())
+            .envs(envs.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start nats-server");
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "nats-server -c {} exited ({status}): {}",
+                    conf.display(),
+                    std::fs::read_to_string(&log_path).unwrap_or_default()
+                );
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "nats-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Nats { child, port, store }
+    }
+
+    /// The server's process id (for `kill -9` from a test).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// What a server started with [`Nats::start_with_config`] has logged so
     /// far (empty for the others).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.store.path().join("nats-server.log")).unwrap_or_default()
     }
 
-    /// Stops the server and hands back its store, for a restart.
+    /// Stops the server and hands back its store, for a restart. The
+    /// server is killed (SIGKILL, as `kill -9`): it gets no chance to sync.
     pub fn stop(mut self) -> (tempfile::TempDir, u16) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -117,8 +117,14 @@ async fn main() {
         .unwrap_or_else(|| "nats://127.0.0.1:4222".into());
     let n: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(20_000);
     println!("machine: {}", lianxi_sim::machine());
+    // scripts/bench says which server settings it started (BUS_SYNC).
+    let sync = match std::env::var("BUS_SYNC").as_deref() {
+        Ok("always") => "sync_interval always (fsync before every acknowledgement)",
+        Ok("default") => "server default sync (fsync every 2 min)",
+        _ => "sync setting not stated (set BUS_SYNC=always|default)",
+    };
     println!(
-        "durability: JetStream file store, server default sync (fsync every 2 min), R1; node flushes sled per group before receipts"
+        "durability: JetStream file store, {sync}, R1; node flushes sled per group before receipts"
     );
     let raw = raw_jetstream(&url, n).await;
     println!(

@@ -25,7 +25,7 @@ pub enum Error {
     #[error("the agency is unspecified; choose one of the seven agencies")]
     NoAgency,
     #[error(
-        "the bus did not store event {event_id} after {attempts} attempts ({detail}); nothing is lost by publishing it again later"
+        "the bus did not store event {event_id} after {attempts} attempts ({detail}); is nats-server running? nothing is lost by publishing it again later"
     )]
     Publish {
         event_id: String,
@@ -40,6 +40,10 @@ pub enum Error {
         stream_sequence: u64,
         waited: Duration,
     },
+    #[error(
+        "cannot read missed receipts from {consumer}: {detail}; is a lianxi node running (it creates the consumer), and may this user read it (deploy/nats/lianxi.conf)?"
+    )]
+    MissedReceipts { consumer: String, detail: String },
     #[error("looking up event {event_id}: {detail}")]
     Lookup { event_id: String, detail: String },
     #[error("the client's receipt listener stopped; reconnect")]

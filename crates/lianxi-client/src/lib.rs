@@ -4,12 +4,38 @@
 //! hotline desk) publishes [`Event`]s and learns, for each, whether a lianxi
 //! node stored it ([`ReceiptStatus::Accepted`], with its place in the log),
 //! already had it ([`ReceiptStatus::Duplicate`]) or refused it
-//! ([`ReceiptStatus::Rejected`], with a code and a reason to act on).
+//! ([`ReceiptStatus::Rejected`], with a code and a reason to act on). Each
+//! receipt says what it stands on ([`Receipt::durability`]: the bus's
+//! replicas and sync setting, and that the node flushed it).
 //!
-//! Publishing is safe to retry: the event id is the idempotency key, on the
-//! bus (JetStream's duplicate window) and in the node's log (forever). The
-//! client retries a publish the bus did not acknowledge, and when a receipt
-//! is slow it asks the nodes for it by event id.
+//! What the client guarantees:
+//!
+//! - **Outages are ridden out.** A publish keeps trying to get the bus to
+//!   store the event for [`Options::publish_timeout`] (10 minutes by
+//!   default), reconnecting as needed, then waits up to
+//!   [`Options::receipt_timeout`] (10 minutes) for its receipt, asking the
+//!   nodes by event id when it is slow. Retries carry the same message id,
+//!   so the bus keeps one copy; the node's log keeps the event once forever.
+//! - **A retry is not a duplicate.** When the bus or the log already holds
+//!   this publish's own earlier copy (stored, but its acknowledgement lost
+//!   in an outage), the answer is [`ReceiptStatus::Accepted`] with the
+//!   original's place in the log. [`ReceiptStatus::Duplicate`] means the
+//!   event was in the log before this publish began.
+//! - **A re-send reaches the node.** Every publish (not every retry) gets a
+//!   message id of its own, so publishing an event again after a rejection
+//!   is not swallowed by the bus's duplicate window, and its own receipt
+//!   (not the old rejection) comes back.
+//! - **One case's events stay in order.** The client publishes an event
+//!   only after the earlier events of the same case that it was given have
+//!   their receipts, so a retry can never land behind a later event.
+//! - **A missing predecessor is waited for.** A rejection
+//!   [`RejectionCode::PredecessorMissing`] (only an earlier event of the
+//!   case, e.g. another agency's referral, is not in the log yet) is not
+//!   final: the client publishes the event again, with backoff, for up to
+//!   [`Options::predecessor_wait`], and answers with the last receipt.
+//! - **Missed receipts can be read.** An agency's receipts are also kept on
+//!   the bus; [`Client::missed_receipts`] reads them from the agency's own
+//!   durable consumer, from the last one it acknowledged.
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), lianxi_client::Error> {
@@ -31,6 +57,12 @@
 //! // Many events, at most `max_in_flight` at a time, receipts in order.
 //! # let events: Vec<Event> = vec![];
 //! let receipts = client.publish_all(events).await;
+//!
+//! // After the agency system was down: what became of what it sent.
+//! for missed in client.missed_receipts(100, std::time::Duration::from_secs(1)).await? {
+//!     println!("{} {:?}", missed.receipt.event_id, missed.receipt.status);
+//!     missed.ack().await?; // next time, start after this one
+//! }
 //! # Ok(())
 //! # }
 //! ```
@@ -40,14 +72,17 @@
 mod error;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, context::PublishAckFuture, message::PublishMessage};
 use futures::StreamExt;
-use lianxi_proto::v1::{Agency, Event, LookupReply, LookupRequest, Receipt, ReceiptStatus};
+use lianxi_proto::v1::{
+    Agency, Event, LookupReply, LookupRequest, Receipt, ReceiptStatus, RejectionCode,
+};
 use prost::Message;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 pub use error::Error;
 
@@ -55,8 +90,12 @@ pub use error::Error;
 pub const RECEIPTS_PREFIX: &str = "lianxi.v1.receipts";
 /// Lookups of a receipt by event id go to `lianxi.v1.lookup.<agency>`.
 pub const LOOKUP_PREFIX: &str = "lianxi.v1.lookup";
+/// The stream receipts are kept in; each agency's durable consumer on it is
+/// named by the agency's token (`police`).
+pub const RECEIPTS_STREAM: &str = "LIANXI_RECEIPTS";
 
-/// How the client behaves.
+/// How the client behaves. The defaults ride out a bus or node outage of
+/// minutes.
 #[derive(Debug, Clone)]
 pub struct Options {
     /// The agency this client publishes for. With an agency, the client
@@ -64,14 +103,22 @@ pub struct Options {
     /// `_INBOX_<agency>` that the bus's per-agency permissions expect.
     /// Without one (development, tools), it may publish for any agency.
     pub agency: Option<Agency>,
-    /// How long `publish` waits for a receipt after the bus stored the event.
+    /// How long `publish` waits for a receipt after the bus stored the event
+    /// (10 minutes).
     pub receipt_timeout: Duration,
     /// How long to wait for the bus to acknowledge one publish attempt.
     pub ack_timeout: Duration,
-    /// Attempts at getting the bus to store an event before giving up.
+    /// How long to keep trying to get the bus to store an event, across
+    /// reconnections (10 minutes).
+    pub publish_timeout: Duration,
+    /// At most this many attempts within `publish_timeout`.
     pub publish_attempts: u32,
     /// While waiting for a receipt, ask the nodes this often.
     pub lookup_interval: Duration,
+    /// How long to keep re-sending an event rejected only because an
+    /// earlier event of its case is missing (`PREDECESSOR_MISSING`), for
+    /// that event to arrive (60 s). Zero: never re-send.
+    pub predecessor_wait: Duration,
     /// Most events in flight in `publish_all`.
     pub max_in_flight: usize,
     /// The connection's name, as the server's monitoring shows it.
@@ -82,10 +129,12 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             agency: None,
-            receipt_timeout: Duration::from_secs(30),
+            receipt_timeout: Duration::from_secs(600),
             ack_timeout: Duration::from_secs(5),
-            publish_attempts: 6,
+            publish_timeout: Duration::from_secs(600),
+            publish_attempts: 100_000,
             lookup_interval: Duration::from_secs(2),
+            predecessor_wait: Duration::from_secs(60),
             max_in_flight: 256,
             name: "lianxi-client".into(),
         }
@@ -111,6 +160,18 @@ pub fn is_stored(receipt: &Receipt) -> bool {
 
 type Waiters = Arc<Mutex<HashMap<String, Vec<mpsc::UnboundedSender<Receipt>>>>>;
 
+/// What became of an event, as a later event of the same case needs to know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Pending,
+    Stored,
+    NotStored,
+}
+
+/// The last event of each case this client is working on: a later event of
+/// the case waits for it.
+type Cases = Arc<Mutex<HashMap<String, (u64, watch::Receiver<Outcome>)>>>;
+
 /// A connection for publishing events. Cheap to clone.
 #[derive(Clone)]
 pub struct Client {
@@ -122,6 +183,10 @@ struct Inner {
     js: jetstream::Context,
     options: Options,
     waiters: Waiters,
+    cases: Cases,
+    /// Makes each publish's message id unique: `<event id>~<nonce>-<n>`.
+    nonce: String,
+    counter: AtomicU64,
     dispatcher: tokio::task::JoinHandle<()>,
 }
 
@@ -137,7 +202,12 @@ impl Client {
     pub async fn connect(url: &str, options: Options) -> Result<Client, Error> {
         let mut connect = connect_options(url)
             .name(options.name.clone())
-            .connection_timeout(Duration::from_secs(5));
+            .connection_timeout(Duration::from_secs(5))
+            // Back within a second of the bus coming back, however long it
+            // was away.
+            .reconnect_delay_callback(|attempts| {
+                Duration::from_millis(50u64.saturating_mul(1 << attempts.min(5)).min(1000))
+            });
         let token = match options.agency {
             Some(a) => Some(lianxi_domain::agency_token(a).ok_or(Error::NoAgency)?),
             None => None,
@@ -161,7 +231,8 @@ impl Client {
                 detail: e.to_string(),
             })?;
         // The subscription is in place before any publish, so no receipt
-        // for this client's events can pass unseen.
+        // for this client's events can pass unseen while connected (what
+        // passes during a disconnection is asked for by lookup).
         nats.flush().await.map_err(|e| Error::Subscribe {
             subject,
             detail: e.to_string(),
@@ -188,6 +259,9 @@ impl Client {
                 js,
                 options,
                 waiters,
+                cases: Arc::default(),
+                nonce: nonce(),
+                counter: AtomicU64::new(0),
                 dispatcher,
             }),
         })
@@ -203,12 +277,11 @@ impl Client {
         self.submit(event.clone()).await?.receipt().await
     }
 
-    /// Publishes many events and returns their results in input order. The
-    /// events reach the bus in input order (so one case's events stay in
-    /// order); their receipts are awaited concurrently, at most
-    /// `max_in_flight` at a time. Only an event whose publish has to be
-    /// retried can land behind a later one; the node then rejects whichever
-    /// breaks a rule, with a reason, and the agency can publish it again.
+    /// Publishes many events and returns their results in input order, at
+    /// most `max_in_flight` at a time. Events of different cases are
+    /// pipelined; an event goes out only after the earlier events of its
+    /// case have their receipts, so one case's events land in input order
+    /// whatever has to be retried.
     pub async fn publish_all(
         &self,
         events: impl IntoIterator<Item = Event>,
@@ -233,11 +306,13 @@ impl Client {
         results
     }
 
-    /// Checks the event, starts listening for its receipt and hands it to
-    /// the bus, without waiting for the bus's acknowledgement. Events
-    /// submitted one after another reach the bus in that order; await each
-    /// [`Pending::receipt`] whenever suits (this is how `publish_all`
-    /// pipelines).
+    /// Checks the event and starts listening for its receipt. When no
+    /// earlier event of its case is still in flight in this client, hands it
+    /// to the bus at once (events submitted one after another reach the bus
+    /// in that order); otherwise it goes out once that event has its
+    /// receipt. Await each [`Pending::receipt`] whenever suits (this is how
+    /// `publish_all` pipelines); a pending event makes progress only while
+    /// its receipt is awaited.
     pub async fn submit(&self, event: Event) -> Result<Pending, Error> {
         let subject = lianxi_domain::event_subject(&event).map_err(|r| Error::InvalidEvent {
             event_id: event.event_id.clone(),
@@ -254,29 +329,42 @@ impl Client {
             });
         }
         let guard = self.wait_for(&event.event_id);
-        let first = self
+        let n = self.inner.counter.fetch_add(1, Ordering::Relaxed);
+        let (done_tx, done_rx) = watch::channel(Outcome::Pending);
+        let before = self
             .inner
-            .js
-            .send_publish(
-                subject.clone(),
-                PublishMessage::build()
-                    .payload(bytes_of(&event))
-                    .message_id(event.event_id.clone()),
-            )
-            .await
-            .ok();
+            .cases
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(event.case_id.clone(), (n, done_rx))
+            .map(|(_, rx)| rx);
+        let done = CaseTurn {
+            cases: self.inner.cases.clone(),
+            case_id: event.case_id.clone(),
+            n,
+            tx: done_tx,
+        };
+        let message_id = self.message_id(&event.event_id, n);
+        // Nothing of the case in flight (or it is already done): out now.
+        let first = match &before {
+            Some(rx) if *rx.borrow() == Outcome::Pending && rx.has_changed().is_ok() => None,
+            _ => Some(self.send(&subject, &event, &message_id).await),
+        };
         Ok(Pending {
             client: self.clone(),
             event,
             subject,
             agency,
+            message_id,
             first,
+            before,
             guard,
+            done,
         })
     }
 
     /// Asks the nodes what became of an event id (one node answers).
-    /// `Ok(None)` when no node has processed it yet.
+    /// `found: false` when no node has processed it yet.
     pub async fn lookup(&self, agency: Agency, event_id: &str) -> Result<LookupReply, Error> {
         let token = lianxi_domain::agency_token(agency).ok_or(Error::NoAgency)?;
         let request = LookupRequest {
@@ -304,101 +392,167 @@ impl Client {
         })
     }
 
-    /// Gets the event onto the stream: returns (stream sequence, whether the
-    /// bus already had it). Retries with backoff; the message id makes a
-    /// retry harmless.
+    /// Reads up to `max` of this agency's receipts that it has not yet
+    /// acknowledged, oldest first, from its durable consumer on the receipts
+    /// stream (waiting at most `wait` for the first). Acknowledge each with
+    /// [`MissedReceipt::ack`] once handled: the next call resumes after the
+    /// last acknowledged one, in this process or the next. A receipt not
+    /// acknowledged within 30 s is delivered again. Needs
+    /// [`Options::agency`]; the bus lets an agency read only its own.
+    pub async fn missed_receipts(
+        &self,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<MissedReceipt>, Error> {
+        let agency = self.inner.options.agency.ok_or(Error::NoAgency)?;
+        let name = lianxi_domain::agency_token(agency).ok_or(Error::NoAgency)?;
+        let fail = |detail: String| Error::MissedReceipts {
+            consumer: format!("{RECEIPTS_STREAM}/{name}"),
+            detail,
+        };
+        let consumer: jetstream::consumer::PullConsumer = self
+            .inner
+            .js
+            .get_consumer_from_stream(name, RECEIPTS_STREAM)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let mut batch = consumer
+            .fetch()
+            .max_messages(max.max(1))
+            .expires(wait.max(Duration::from_millis(10)))
+            .messages()
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let mut out = Vec::new();
+        while let Some(m) = batch.next().await {
+            let m = m.map_err(|e| fail(e.to_string()))?;
+            let stream_sequence = m.info().map(|i| i.stream_sequence).unwrap_or(0);
+            match Receipt::decode(m.payload.as_ref()) {
+                Ok(receipt) => out.push(MissedReceipt {
+                    receipt,
+                    stream_sequence,
+                    message: m,
+                }),
+                Err(e) => {
+                    // Not a receipt: nothing to hand over; acknowledge it so
+                    // it does not come back forever.
+                    tracing::warn!(stream_sequence, error = %e, "unreadable message on the receipts stream; skipped");
+                    let _ = m.ack().await;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn message_id(&self, event_id: &str, n: u64) -> String {
+        format!("{event_id}~{}-{n}", self.inner.nonce)
+    }
+
+    async fn send(
+        &self,
+        subject: &str,
+        event: &Event,
+        message_id: &str,
+    ) -> Result<PublishAckFuture, String> {
+        // While the connection is down the client's queue fills and a send
+        // waits for the reconnection: bounded, so the deadline still holds.
+        let send = self.inner.js.send_publish(
+            subject.to_owned(),
+            PublishMessage::build()
+                .payload(bytes_of(event))
+                .message_id(message_id),
+        );
+        match tokio::time::timeout(self.inner.options.ack_timeout, send).await {
+            Ok(sent) => sent.map_err(|e| e.to_string()),
+            Err(_) => Err("the connection to the bus is not sending (reconnecting?)".into()),
+        }
+    }
+
+    /// Gets the event onto the stream: returns its stream sequence and
+    /// whether an attempt may have stored a copy without its
+    /// acknowledgement reaching us. Retries with backoff until
+    /// `publish_timeout`; the message id makes a retry harmless.
     async fn store(
         &self,
         subject: &str,
         event: &Event,
-        mut first: Option<PublishAckFuture>,
+        message_id: &str,
+        mut first: Option<Result<PublishAckFuture, String>>,
     ) -> Result<(u64, bool), Error> {
         let opts = &self.inner.options;
-        let payload = bytes_of(event);
+        let deadline = tokio::time::Instant::now() + opts.publish_timeout;
         let mut backoff = Duration::from_millis(50);
-        let mut last_error = String::new();
-        for attempt in 1..=opts.publish_attempts.max(1) {
+        let mut unacknowledged = false;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
             let sent = match first.take() {
-                Some(ack) => Ok(ack),
-                None => {
-                    self.inner
-                        .js
-                        .send_publish(
-                            subject.to_owned(),
-                            PublishMessage::build()
-                                .payload(payload.clone())
-                                .message_id(event.event_id.clone()),
-                        )
-                        .await
-                }
+                Some(sent) => sent,
+                None => self.send(subject, event, message_id).await,
             };
-            match sent {
+            let last_error = match sent {
                 Ok(ack) => match tokio::time::timeout(opts.ack_timeout, ack).await {
-                    Ok(Ok(ack)) => return Ok((ack.sequence, ack.duplicate)),
-                    Ok(Err(e)) => last_error = e.to_string(),
-                    Err(_) => last_error = "no acknowledgement in time".into(),
+                    Ok(Ok(ack)) => return Ok((ack.sequence, unacknowledged || ack.duplicate)),
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => "no acknowledgement in time".to_owned(),
                 },
-                Err(e) => last_error = e.to_string(),
+                Err(e) => e,
+            };
+            // The message may have reached the stream all the same.
+            unacknowledged = true;
+            if attempts >= opts.publish_attempts.max(1)
+                || tokio::time::Instant::now() + backoff >= deadline
+            {
+                return Err(Error::Publish {
+                    event_id: event.event_id.clone(),
+                    attempts,
+                    detail: last_error,
+                });
             }
-            tracing::debug!(event_id = %event.event_id, attempt, error = %last_error, "publish not acknowledged; retrying");
+            tracing::debug!(event_id = %event.event_id, attempts, error = %last_error, "publish not acknowledged; retrying");
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(2));
         }
-        Err(Error::Publish {
-            event_id: event.event_id.clone(),
-            attempts: opts.publish_attempts.max(1),
-            detail: last_error,
-        })
     }
 
+    /// Waits for the receipt of the message at `stream_sequence`. With
+    /// `maybe_earlier_copy` (an attempt of this publish went unacknowledged,
+    /// or the bus said it already had the message), a `Duplicate` may be
+    /// about this publish's own earlier copy: it is answered as `Accepted`,
+    /// with the original's place in the log.
     async fn await_receipt(
         &self,
         event: &Event,
         agency: Agency,
         stream_sequence: u64,
-        already_on_stream: bool,
-        mut guard: WaitGuard,
+        maybe_earlier_copy: bool,
+        guard: &mut WaitGuard,
     ) -> Result<Receipt, Error> {
         let opts = &self.inner.options;
-        // The receipt for this message, or the accepted original it duplicates.
-        let ours = |r: &Receipt| {
-            r.stream_sequence == stream_sequence
-                || (r.status == ReceiptStatus::Accepted as i32 && r.event_id == event.event_id)
-        };
-        // This publish added nothing when the bus already had the message or
-        // the log already had the id: say so, pointing at the original.
-        let answer = |r: Receipt| {
-            if r.status == ReceiptStatus::Accepted as i32
-                && (already_on_stream || r.stream_sequence != stream_sequence)
-            {
-                Receipt {
-                    status: ReceiptStatus::Duplicate as i32,
-                    original_global_sequence: r.global_sequence,
-                    ..r
-                }
-            } else {
-                r
-            }
-        };
         let deadline = tokio::time::Instant::now() + opts.receipt_timeout;
-        // When the bus already had the message, its receipt may have gone
-        // out long ago: ask at once rather than wait.
-        let mut next_lookup = if already_on_stream {
+        // A receipt sent while we were disconnected is never seen: when the
+        // bus already had the message, ask at once rather than wait.
+        let mut next_lookup = if maybe_earlier_copy {
             tokio::time::Instant::now()
         } else {
             tokio::time::Instant::now() + opts.lookup_interval
         };
-        loop {
+        let receipt = loop {
             tokio::select! {
                 r = guard.rx.recv() => match r {
-                    Some(r) if ours(&r) => return Ok(answer(r)),
+                    Some(r) if r.stream_sequence == stream_sequence => break r,
+                    // The event is in the log from another message: ours is
+                    // (or will be) a duplicate of it.
+                    Some(r) if r.status == ReceiptStatus::Accepted as i32 => break r,
                     Some(_) => {}
                     None => return Err(Error::Closed),
                 },
                 _ = tokio::time::sleep_until(next_lookup) => {
                     next_lookup = tokio::time::Instant::now() + opts.lookup_interval;
                     match self.lookup(agency, &event.event_id).await {
-                        Ok(LookupReply { found: true, receipt: Some(r), .. }) if ours(&r) => return Ok(answer(r)),
+                        Ok(LookupReply { found: true, receipt: Some(r), .. })
+                            if r.stream_sequence == stream_sequence
+                                || r.status == ReceiptStatus::Accepted as i32 => break r,
                         Ok(_) => {}
                         Err(e) => tracing::debug!(error = %e, "lookup failed; still waiting for the receipt"),
                     }
@@ -411,7 +565,38 @@ impl Client {
                     });
                 }
             }
-        }
+        };
+        let status = ReceiptStatus::try_from(receipt.status).unwrap_or_default();
+        Ok(match status {
+            // Our own message was stored and applied.
+            ReceiptStatus::Accepted if receipt.stream_sequence == stream_sequence => receipt,
+            // Another message holds the event: ours added nothing, unless
+            // that message may be our own earlier copy.
+            ReceiptStatus::Accepted => {
+                if maybe_earlier_copy {
+                    receipt
+                } else {
+                    Receipt {
+                        status: ReceiptStatus::Duplicate as i32,
+                        original_global_sequence: receipt.global_sequence,
+                        stream_sequence,
+                        ..receipt
+                    }
+                }
+            }
+            ReceiptStatus::Duplicate if maybe_earlier_copy => {
+                // Show the original's place in the log, as a receipt of it.
+                match self.lookup(agency, &event.event_id).await {
+                    Ok(LookupReply {
+                        found: true,
+                        receipt: Some(original),
+                        ..
+                    }) if original.status == ReceiptStatus::Accepted as i32 => original,
+                    _ => receipt,
+                }
+            }
+            _ => receipt,
+        })
     }
 
     fn wait_for(&self, event_id: &str) -> WaitGuard {
@@ -431,30 +616,141 @@ impl Client {
     }
 }
 
-/// An event handed to the bus, whose acknowledgement and receipt are still
-/// to come.
+/// A receipt read back from the agency's durable consumer.
+pub struct MissedReceipt {
+    pub receipt: Receipt,
+    /// The receipt's place in the receipts stream.
+    pub stream_sequence: u64,
+    message: jetstream::Message,
+}
+
+impl MissedReceipt {
+    /// Marks this receipt as handled: it is not delivered again.
+    pub async fn ack(&self) -> Result<(), Error> {
+        self.message
+            .double_ack()
+            .await
+            .map_err(|e| Error::MissedReceipts {
+                consumer: RECEIPTS_STREAM.into(),
+                detail: format!("acknowledging receipt {}: {e}", self.stream_sequence),
+            })
+    }
+}
+
+/// An event submitted to the client, whose publish, acknowledgement and
+/// receipt are still to come.
 pub struct Pending {
     client: Client,
     event: Event,
     subject: String,
     agency: Agency,
-    first: Option<PublishAckFuture>,
+    message_id: String,
+    first: Option<Result<PublishAckFuture, String>>,
+    /// The case's previous event in this client, if it was in flight.
+    before: Option<watch::Receiver<Outcome>>,
     guard: WaitGuard,
+    done: CaseTurn,
 }
 
 impl Pending {
-    /// Waits for the bus to store the event (retrying if need be) and then
-    /// for its receipt.
+    /// Waits for the case's earlier events, the bus to store the event
+    /// (retrying if need be) and then for its receipt; re-sends it while it
+    /// is rejected only for a missing predecessor.
     pub fn receipt(self) -> futures::future::BoxFuture<'static, Result<Receipt, Error>> {
         Box::pin(async move {
-            let (seq, duplicate) = self
-                .client
-                .store(&self.subject, &self.event, self.first)
-                .await?;
-            self.client
-                .await_receipt(&self.event, self.agency, seq, duplicate, self.guard)
-                .await
+            let Pending {
+                client,
+                event,
+                subject,
+                agency,
+                mut message_id,
+                mut first,
+                before,
+                mut guard,
+                done,
+            } = self;
+            // The outcome of the case's previous event in this client.
+            let before = match before {
+                Some(mut rx) => {
+                    while *rx.borrow_and_update() == Outcome::Pending {
+                        if rx.changed().await.is_err() {
+                            break;
+                        }
+                    }
+                    *rx.borrow()
+                }
+                None => Outcome::Stored,
+            };
+            let opts = &client.inner.options;
+            let resend_until = tokio::time::Instant::now() + opts.predecessor_wait;
+            let mut backoff = Duration::from_millis(250);
+            let result = loop {
+                let (seq, maybe_copy) = match client
+                    .store(&subject, &event, &message_id, first.take())
+                    .await
+                {
+                    Ok(stored) => stored,
+                    Err(e) => break Err(e),
+                };
+                let receipt = match client
+                    .await_receipt(&event, agency, seq, maybe_copy, &mut guard)
+                    .await
+                {
+                    Ok(r) => r,
+                    Err(e) => break Err(e),
+                };
+                let predecessor_missing = receipt.status == ReceiptStatus::Rejected as i32
+                    && receipt.code == RejectionCode::PredecessorMissing as i32;
+                // Re-send only when the missing event may still come: not
+                // when this client's own earlier event of the case failed.
+                if !predecessor_missing
+                    || before != Outcome::Stored
+                    || tokio::time::Instant::now() + backoff >= resend_until
+                {
+                    break Ok(receipt);
+                }
+                tracing::debug!(event_id = %event.event_id, reason = %receipt.reason, retry_in_ms = backoff.as_millis() as u64, "an earlier event of the case is missing; publishing again");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                // A new message id: the bus must not take it for a retry.
+                let n = client.inner.counter.fetch_add(1, Ordering::Relaxed);
+                message_id = client.message_id(&event.event_id, n);
+            };
+            let stored = matches!(&result, Ok(r) if is_stored(r));
+            done.finish(if stored {
+                Outcome::Stored
+            } else {
+                Outcome::NotStored
+            });
+            result
         })
+    }
+}
+
+/// This event's place in its case's line: a later event of the case waits
+/// until it is finished (or dropped).
+struct CaseTurn {
+    cases: Cases,
+    case_id: String,
+    n: u64,
+    tx: watch::Sender<Outcome>,
+}
+
+impl CaseTurn {
+    fn finish(self, outcome: Outcome) {
+        self.tx.send_replace(outcome);
+    }
+}
+
+impl Drop for CaseTurn {
+    fn drop(&mut self) {
+        if *self.tx.borrow() == Outcome::Pending {
+            self.tx.send_replace(Outcome::NotStored);
+        }
+        let mut map = self.cases.lock().unwrap_or_else(|p| p.into_inner());
+        if map.get(&self.case_id).is_some_and(|(n, _)| *n == self.n) {
+            map.remove(&self.case_id);
+        }
     }
 }
 
@@ -478,6 +774,30 @@ impl Drop for WaitGuard {
             }
         }
     }
+}
+
+/// A message id (`Nats-Msg-Id`) for one publish of an event, unique to this
+/// process and call: `<event id>~<nonce>-<n>`. Retries of that publish must
+/// reuse it (the bus keeps one copy); a new publish of the same event, e.g.
+/// after a rejection, must not (the bus would drop it as a duplicate for two
+/// minutes). The event id stays the log's idempotency key.
+pub fn message_id(event_id: &str) -> String {
+    static NONCE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    static N: AtomicU64 = AtomicU64::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    format!("{event_id}~{}-{n}", NONCE.get_or_init(nonce))
+}
+
+/// A value no other client process is likely to pick: the process id, the
+/// time and std's per-process random hash keys.
+fn nonce() -> String {
+    use std::hash::BuildHasher;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let h = std::collections::hash_map::RandomState::new().hash_one((std::process::id(), now));
+    format!("{h:016x}")
 }
 
 fn bytes_of(event: &Event) -> bytes::Bytes {

@@ -73,6 +73,12 @@ enum Command {
         /// are dropped by the bus.
         #[arg(long, env = "LIANXI_RECEIPTS_WINDOW_SECS", default_value_t = 600)]
         receipts_window_secs: u64,
+        /// The bus's JetStream `sync_interval`, as configured on nats-server
+        /// ("always" in the configurations lianxi ships, "2m" by default),
+        /// stated in every receipt so an agency knows what "accepted"
+        /// promises. The node cannot read it from the bus; empty: not stated.
+        #[arg(long, env = "LIANXI_BUS_SYNC", default_value = "")]
+        bus_sync: String,
         /// Who may call the API, with their roles and token hashes (TOML, see
         /// deploy/principals.example.toml). Without it the node runs in
         /// development mode and must listen on a loopback address.
@@ -121,7 +127,9 @@ enum Command {
         purpose: Option<String>,
     },
     /// Publish events, one canonical protobuf JSON object per line, each on
-    /// its agency's subject.
+    /// its agency's subject, and wait for each receipt. Rides out a bus or
+    /// node outage of up to 10 minutes; exits 1 when any event was rejected
+    /// or has no receipt.
     Publish {
         #[command(flatten)]
         nats: NatsArgs,
@@ -431,6 +439,7 @@ fn main() -> std::process::ExitCode {
                 batch_delay_ms,
                 stream_replicas,
                 receipts_window_secs,
+                bus_sync,
                 principals,
                 signing,
                 keys,
@@ -452,6 +461,7 @@ fn main() -> std::process::ExitCode {
                     batch_delay_ms,
                     stream_replicas,
                     receipts_window_secs,
+                    bus_sync,
                     principals,
                 })
                 .await

@@ -29,6 +29,7 @@ pub(crate) struct ServeConfig {
     pub(crate) batch_delay_ms: u64,
     pub(crate) stream_replicas: usize,
     pub(crate) receipts_window_secs: u64,
+    pub(crate) bus_sync: String,
     pub(crate) principals: Option<PathBuf>,
     pub(crate) signing_key: Option<PathBuf>,
     pub(crate) log_origin: String,
@@ -235,15 +236,18 @@ pub(crate) async fn run(config: ServeConfig) -> Result<()> {
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (applied_tx, applied_rx) = watch::channel(None);
+    let durability = lianxi_ingest::durability(&js, &config.bus_sync).await?;
     let receipts = tokio::spawn(lianxi_ingest::run_receipts(
         js.clone(),
         log.clone(),
+        durability.clone(),
         applied_rx.clone(),
         shutdown_rx.clone(),
     ));
     let lookups = tokio::spawn(lianxi_ingest::run_lookups(
         client,
         log.clone(),
+        durability,
         shutdown_rx.clone(),
     ));
     let erasures = tokio::spawn(lianxi_ingest::run_erasures(
