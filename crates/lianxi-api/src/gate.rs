@@ -347,3 +347,32 @@ where
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_escapes_hidden_characters_and_says_how_long_a_cut_value_was() {
+        assert_eq!(bounded("DV-2026-0117", 100), "DV-2026-0117");
+        assert_eq!(bounded("a\nb\u{1b}[31m", 100), "a\\nb\\u{1b}[31m");
+        assert_eq!(bounded("evil\u{202e}txt", 100), "evil\\u{202e}txt");
+        assert_eq!(bounded("\u{200b}", 100), "\\u{200b}");
+        // Unicode that reads as itself stays.
+        assert_eq!(bounded("核查 risk", 100), "核查 risk");
+        let long = "x".repeat(100_000);
+        let cut = bounded(&long, 100);
+        assert!(cut.starts_with(&"x".repeat(100)), "{cut}");
+        assert!(cut.ends_with("... (100000 characters in all)"), "{cut}");
+        assert!(cut.len() < 200);
+        assert_eq!(echo(&long), cut);
+    }
+
+    #[test]
+    fn clean_keeps_the_code_and_bounds_the_message() {
+        let s = clean(Status::not_found(format!("no case {}\n", "y".repeat(5000))));
+        assert_eq!(s.code(), tonic::Code::NotFound);
+        assert!(s.message().chars().count() < MAX_MESSAGE_CHARS + 40);
+        assert!(!s.message().contains('\n'));
+    }
+}
