@@ -88,13 +88,32 @@ impl Audit for AuditApi {
                         return;
                     }
                 };
-                if chunk.is_empty() {
+                let chunk: Vec<LogEntry> = chunk
+                    .into_iter()
+                    .filter(|e| e.global_sequence <= to)
+                    .collect();
+                let (Some(first), Some(last)) = (chunk.first(), chunk.last()) else {
+                    return;
+                };
+                // Each chunk is recorded with the cases its entries belong
+                // to before it is sent, so the access log says who read
+                // which case's entries.
+                let mut shown: Vec<String> = Vec::new();
+                for e in &chunk {
+                    let case = e.event.as_ref().map(|ev| ev.case_id.as_str()).unwrap_or("");
+                    if !case.is_empty() && !shown.iter().any(|c| c == case) {
+                        shown.push(case.to_owned());
+                    }
+                }
+                let detail = format!(
+                    "log entries {} to {}",
+                    first.global_sequence, last.global_sequence
+                );
+                if let Err(s) = call.record(&detail, shown).await {
+                    let _ = tx.send(Err(s)).await;
                     return;
                 }
                 for e in chunk {
-                    if e.global_sequence > to {
-                        return;
-                    }
                     after = e.global_sequence;
                     if tx.send(Ok(e)).await.is_err() {
                         return;

@@ -2756,6 +2756,18 @@ async fn who_saw_a_case_covers_lists_agenda_stats_and_watches() {
         .expect("the batch is recorded");
     assert_eq!(batch.case_ids, [A]);
     drop(stream);
+    // An auditor reading the log reads every case's entries.
+    let entries: Vec<_> = guard(
+        "ReadLog",
+        audit
+            .read_log(req(AUDITOR, ReadLogRequest::default()))
+            .await
+            .expect("read log")
+            .into_inner()
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    assert_eq!(entries.len() as u64, node.log.checkpoint().global_sequence);
 
     let who = guard(
         "ListAccess",
@@ -2779,6 +2791,7 @@ async fn who_saw_a_case_covers_lists_agenda_stats_and_watches() {
         (POLICE_NAME, "/lianxi.v1.Cases/ListCases"),
         ("secretariat-xihu", "/lianxi.v1.Cases/GetStats"),
         ("secretariat-xihu", "/lianxi.v1.Cases/WatchCases"),
+        (AUDITOR_NAME, "/lianxi.v1.Audit/ReadLog"),
     ] {
         assert!(
             methods.contains(&(principal.to_owned(), method.to_owned())),
