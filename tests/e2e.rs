@@ -808,6 +808,14 @@ async fn the_secretariat_auditors_and_agencies_each_see_what_they_may() {
             .iter()
             .any(|r| r.principal == "(unauthenticated)" && !r.allowed)
     );
+    // Who saw the case: its reads and every list, agenda, statistics and
+    // watch that showed it.
+    let (ok, out, err) = run(&["access", "--case", "DV-2026-0117"], &auditor);
+    assert!(ok, "{err}");
+    for method in ["ListCases", "GetAgenda", "GetStats", "WatchCase", "GetCase"] {
+        assert!(out.contains(method), "{method} missing from:\n{out}");
+    }
+    assert!(out.contains("shown: DV-2026-0117"), "{out}");
     drop(node);
 }
 

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
 use crate::checkpoints::{Checkpointer, IssueError};
-use crate::gate::{Gate, Service};
+use crate::gate::{Call, Door, Gate, Service};
 use crate::{blocking, check_case_id, not_found, on_log, page_size, status};
 
 /// The `Audit` service.
@@ -42,8 +42,10 @@ impl AuditApi {
         self
     }
 
-    pub fn into_server(self) -> AuditServer<AuditApi> {
-        AuditServer::new(self)
+    /// The tonic server for this service, behind the door.
+    pub fn into_server(self) -> Door<AuditServer<AuditApi>> {
+        let gate = self.gate.clone();
+        Door::new(AuditServer::new(self), gate, Service::Audit)
     }
 }
 
@@ -63,11 +65,7 @@ impl Audit for AuditApi {
         &self,
         request: Request<ReadLogRequest>,
     ) -> Result<Response<Self::ReadLogStream>, Status> {
-        const METHOD: &str = "/lianxi.v1.Audit/ReadLog";
-        let principal = self
-            .gate
-            .admit(request.metadata(), METHOD, Service::Audit)
-            .await?;
+        let call = Call::of(&request)?;
         let req = *request.get_ref();
         let from = req.from_global_sequence.max(1);
         let end = self.log.checkpoint().global_sequence;
@@ -75,14 +73,7 @@ impl Audit for AuditApi {
             0 => end,
             n => n.min(end),
         };
-        self.gate
-            .record(
-                &principal,
-                request.metadata(),
-                METHOD,
-                "",
-                format!("log entries {from} to {to}"),
-            )
+        call.record(&format!("log entries {from} to {to}"), Vec::new())
             .await?;
         let (tx, rx) = mpsc::channel(64);
         let log = self.log.clone();
@@ -97,13 +88,32 @@ impl Audit for AuditApi {
                         return;
                     }
                 };
-                if chunk.is_empty() {
+                let chunk: Vec<LogEntry> = chunk
+                    .into_iter()
+                    .filter(|e| e.global_sequence <= to)
+                    .collect();
+                let (Some(first), Some(last)) = (chunk.first(), chunk.last()) else {
+                    return;
+                };
+                // Each chunk is recorded with the cases its entries belong
+                // to before it is sent, so the access log says who read
+                // which case's entries.
+                let mut shown: Vec<String> = Vec::new();
+                for e in &chunk {
+                    let case = e.event.as_ref().map(|ev| ev.case_id.as_str()).unwrap_or("");
+                    if !case.is_empty() && !shown.iter().any(|c| c == case) {
+                        shown.push(case.to_owned());
+                    }
+                }
+                let detail = format!(
+                    "log entries {} to {}",
+                    first.global_sequence, last.global_sequence
+                );
+                if let Err(s) = call.record(&detail, shown).await {
+                    let _ = tx.send(Err(s)).await;
                     return;
                 }
                 for e in chunk {
-                    if e.global_sequence > to {
-                        return;
-                    }
                     after = e.global_sequence;
                     if tx.send(Ok(e)).await.is_err() {
                         return;
@@ -121,12 +131,9 @@ impl Audit for AuditApi {
         &self,
         request: Request<GetCaseAsOfRequest>,
     ) -> Result<Response<GetCaseAsOfResponse>, Status> {
-        const METHOD: &str = "/lianxi.v1.Audit/GetCaseAsOf";
-        let principal = self
-            .gate
-            .admit(request.metadata(), METHOD, Service::Audit)
-            .await?;
+        let call = Call::of(&request)?;
         let req = request.get_ref().clone();
+        call.ask(&req.case_id);
         check_case_id(&req.case_id)?;
         let at = req.at.ok_or_else(|| {
             Status::invalid_argument(
@@ -137,9 +144,7 @@ impl Audit for AuditApi {
             At::GlobalSequence(g) => format!("view as of global sequence {g}"),
             At::RecordedAt(t) => format!("view as of {}s", t.seconds),
         };
-        self.gate
-            .record(&principal, request.metadata(), METHOD, &req.case_id, what)
-            .await?;
+        call.record(&what, Vec::new()).await?;
         let case_id = req.case_id.clone();
         let found = on_log(&self.log, move |log| match at {
             At::GlobalSequence(g) => log.case_as_of(&case_id, |e| e.global_sequence <= g),
@@ -164,23 +169,15 @@ impl Audit for AuditApi {
         &self,
         request: Request<ListAccessRequest>,
     ) -> Result<Response<ListAccessResponse>, Status> {
-        const METHOD: &str = "/lianxi.v1.Audit/ListAccess";
-        let principal = self
-            .gate
-            .admit(request.metadata(), METHOD, Service::Audit)
-            .await?;
+        let call = Call::of(&request)?;
         let req = request.get_ref().clone();
+        call.ask(&req.case_id);
+        if !req.case_id.is_empty() {
+            check_case_id(&req.case_id)?;
+        }
         let size = page_size(req.page_size)?;
         // Reading the access log is itself an access.
-        self.gate
-            .record(
-                &principal,
-                request.metadata(),
-                METHOD,
-                &req.case_id,
-                "access log".to_owned(),
-            )
-            .await?;
+        call.record("access log", Vec::new()).await?;
         let access = self.gate.access_log();
         let (records, more) = blocking(move || access.list(&req, size), status).await?;
         let next = if more {
@@ -199,22 +196,11 @@ impl Audit for AuditApi {
         &self,
         request: Request<GetTreeHeadRequest>,
     ) -> Result<Response<TreeHead>, Status> {
-        const METHOD: &str = "/lianxi.v1.Audit/GetTreeHead";
-        let principal = self
-            .gate
-            .admit(request.metadata(), METHOD, Service::Audit)
-            .await?;
+        let call = Call::of(&request)?;
         let req = *request.get_ref();
         let current = self.log.tree_size();
         let size = tree_size("tree_size", req.tree_size, current)?;
-        self.gate
-            .record(
-                &principal,
-                request.metadata(),
-                METHOD,
-                "",
-                format!("tree head at size {size}"),
-            )
+        call.record(&format!("tree head at size {size}"), Vec::new())
             .await?;
         let log = self.log.clone();
         let root = blocking(move || log.root(size), tree_status).await?;
@@ -232,11 +218,7 @@ impl Audit for AuditApi {
         &self,
         request: Request<GetInclusionProofRequest>,
     ) -> Result<Response<InclusionProof>, Status> {
-        const METHOD: &str = "/lianxi.v1.Audit/GetInclusionProof";
-        let principal = self
-            .gate
-            .admit(request.metadata(), METHOD, Service::Audit)
-            .await?;
+        let call = Call::of(&request)?;
         let req = *request.get_ref();
         let current = self.log.tree_size();
         let size = tree_size("tree_size", req.tree_size, current)?;
@@ -270,15 +252,12 @@ impl Audit for AuditApi {
             .as_ref()
             .map(|e| e.case_id.clone())
             .unwrap_or_default();
-        self.gate
-            .record(
-                &principal,
-                request.metadata(),
-                METHOD,
-                &case_id,
-                format!("inclusion proof of log entry {g} in tree size {size}"),
-            )
-            .await?;
+        call.ask(&case_id);
+        call.record(
+            &format!("inclusion proof of log entry {g} in tree size {size}"),
+            Vec::new(),
+        )
+        .await?;
         Ok(Response::new(InclusionProof {
             leaf_index: g - 1,
             tree_size: size,
@@ -296,11 +275,7 @@ impl Audit for AuditApi {
         &self,
         request: Request<GetConsistencyProofRequest>,
     ) -> Result<Response<ConsistencyProof>, Status> {
-        const METHOD: &str = "/lianxi.v1.Audit/GetConsistencyProof";
-        let principal = self
-            .gate
-            .admit(request.metadata(), METHOD, Service::Audit)
-            .await?;
+        let call = Call::of(&request)?;
         let req = *request.get_ref();
         let current = self.log.tree_size();
         let new = tree_size("new_size", req.new_size, current)?;
@@ -310,15 +285,11 @@ impl Audit for AuditApi {
                 "old_size {old} is out of range: it must be from 1 to new_size {new} (every tree extends the empty one, so there is nothing to prove from size 0)"
             )));
         }
-        self.gate
-            .record(
-                &principal,
-                request.metadata(),
-                METHOD,
-                "",
-                format!("consistency proof from tree size {old} to {new}"),
-            )
-            .await?;
+        call.record(
+            &format!("consistency proof from tree size {old} to {new}"),
+            Vec::new(),
+        )
+        .await?;
         let log = self.log.clone();
         let proof = blocking(move || log.consistency_proof(old, new), tree_status).await?;
         Ok(Response::new(ConsistencyProof {
@@ -333,26 +304,18 @@ impl Audit for AuditApi {
         &self,
         request: Request<GetCheckpointRequest>,
     ) -> Result<Response<SignedCheckpoint>, Status> {
-        const METHOD: &str = "/lianxi.v1.Audit/GetCheckpoint";
-        let principal = self
-            .gate
-            .admit(request.metadata(), METHOD, Service::Audit)
-            .await?;
+        let call = Call::of(&request)?;
         let fresh = request.get_ref().fresh;
         let checkpoints = self.checkpointer()?;
-        self.gate
-            .record(
-                &principal,
-                request.metadata(),
-                METHOD,
-                "",
-                if fresh {
-                    "a checkpoint signed now".to_owned()
-                } else {
-                    "the latest checkpoint".to_owned()
-                },
-            )
-            .await?;
+        call.record(
+            &if fresh {
+                "a checkpoint signed now".to_owned()
+            } else {
+                "the latest checkpoint".to_owned()
+            },
+            Vec::new(),
+        )
+        .await?;
         let c = checkpoints.current(fresh).await.map_err(issue_status)?;
         Ok(Response::new(signed(checkpoints, c)))
     }
@@ -362,23 +325,15 @@ impl Audit for AuditApi {
         &self,
         request: Request<ListCheckpointsRequest>,
     ) -> Result<Response<ListCheckpointsResponse>, Status> {
-        const METHOD: &str = "/lianxi.v1.Audit/ListCheckpoints";
-        let principal = self
-            .gate
-            .admit(request.metadata(), METHOD, Service::Audit)
-            .await?;
+        let call = Call::of(&request)?;
         let req = *request.get_ref();
         let size = page_size(req.page_size)?;
         let checkpoints = self.checkpointer()?;
-        self.gate
-            .record(
-                &principal,
-                request.metadata(),
-                METHOD,
-                "",
-                format!("signed checkpoints after number {}", req.after_number),
-            )
-            .await?;
+        call.record(
+            &format!("signed checkpoints after number {}", req.after_number),
+            Vec::new(),
+        )
+        .await?;
         let after = req.after_number;
         // One more than the page, to know whether there is a next one.
         let mut page = on_log(&self.log, move |log| log.checkpoints(after, size + 1)).await?;

@@ -16,12 +16,14 @@ use std::sync::Arc;
 
 use lianxi_crypto::KeyStore;
 
+use base64::Engine;
+use prost::Message;
+use sha2::{Digest, Sha256};
+
 use crate::auth::Principal;
-use crate::gate::{Gate, Service};
+use crate::gate::{Call, Door, Gate, Service};
 use crate::personal::CaseKeys;
-use crate::{
-    ChangeStream, check_case_id, not_found, on_log, page_size, timeline_entry, wall_clock,
-};
+use crate::{ChangeStream, check_case_id, on_log, page_size, timeline_entry, unseen, wall_clock};
 
 /// The `Cases` service over one node's log.
 #[derive(Clone)]
@@ -58,16 +60,20 @@ impl CasesApi {
         self
     }
 
-    /// The tonic server for this service.
-    pub fn into_server(self) -> CasesServer<CasesApi> {
-        CasesServer::new(self)
+    /// The tonic server for this service, behind the door.
+    pub fn into_server(self) -> Door<CasesServer<CasesApi>> {
+        let gate = self.gate.clone();
+        Door::new(CasesServer::new(self), gate, Service::Cases)
     }
 
-    async fn view(&self, case_id: &str) -> Result<CaseView, Status> {
+    /// The case the call asked for, if the caller may see it. A case that
+    /// does not exist and one the caller may not see get the same answer.
+    async fn visible(&self, call: &Call, case_id: &str) -> Result<CaseView, Status> {
         let id = case_id.to_owned();
-        on_log(&self.log, move |log| log.case_view(&id))
-            .await?
-            .ok_or_else(|| not_found(case_id))
+        match on_log(&self.log, move |log| log.case_view(&id)).await? {
+            Some(view) if crate::auth::may_read_case(call.principal(), &view) => Ok(view),
+            _ => Err(unseen(case_id)),
+        }
     }
 
     /// Every view the principal may see that matches `filter` at `now`, in
@@ -117,52 +123,93 @@ impl CasesApi {
     }
 }
 
-/// "12 cases: A, B, C, ..." for the access log (bounded).
-fn listed(views: &[CaseView]) -> String {
-    let mut s = format!("{} case(s)", views.len());
-    for (i, v) in views.iter().enumerate() {
-        s.push_str(if i == 0 { ": " } else { ", " });
-        s.push_str(&v.case_id);
-        if s.len() > 2000 {
-            s.push_str(", ...");
-            break;
-        }
+/// "12 case(s)" for the access log; the ids go in the record's `case_ids`.
+fn listed(views: &[CaseView]) -> (String, Vec<String>) {
+    (
+        format!("{} case(s)", views.len()),
+        views.iter().map(|v| v.case_id.clone()).collect(),
+    )
+}
+
+/// Page tokens of `ListCases`: opaque to the caller, bound to the principal
+/// and the filter of the call that returned them. Base64url of a version
+/// byte, a 16-byte tag (SHA-256 over the principal, the encoded filter and
+/// the last case id of the page) and that case id. The tag is a check, not
+/// a secret: a token made up by hand shows nothing the caller could not
+/// list anyway.
+const TOKEN_VERSION: u8 = 1;
+const TOKEN_TAG: usize = 16;
+
+fn token_tag(principal: &Principal, filter: &CaseFilter, last: &str) -> [u8; TOKEN_TAG] {
+    let mut h = Sha256::new();
+    h.update(b"lianxi.v1.ListCases page token\0");
+    h.update(principal.name.as_bytes());
+    h.update([0]);
+    h.update(filter.encode_to_vec());
+    h.update([0]);
+    h.update(last.as_bytes());
+    let digest = h.finalize();
+    let mut tag = [0u8; TOKEN_TAG];
+    tag.copy_from_slice(&digest[..TOKEN_TAG]);
+    tag
+}
+
+fn page_token(principal: &Principal, filter: &CaseFilter, last: &str) -> String {
+    let mut bytes = Vec::with_capacity(1 + TOKEN_TAG + last.len());
+    bytes.push(TOKEN_VERSION);
+    bytes.extend_from_slice(&token_tag(principal, filter, last));
+    bytes.extend_from_slice(last.as_bytes());
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// The case id a page token continues after; empty for the first page.
+fn page_after(principal: &Principal, filter: &CaseFilter, token: &str) -> Result<String, Status> {
+    if token.is_empty() {
+        return Ok(String::new());
     }
-    s
+    let invalid = || {
+        Status::invalid_argument(
+            "page_token is not one this node gave for this query: a token works only with the filter of the call that returned it, for the same caller; leave page_token empty to start from the first page",
+        )
+    };
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .map_err(|_| invalid())?;
+    if bytes.len() <= 1 + TOKEN_TAG || bytes[0] != TOKEN_VERSION {
+        return Err(invalid());
+    }
+    let last = std::str::from_utf8(&bytes[1 + TOKEN_TAG..]).map_err(|_| invalid())?;
+    if !lianxi_domain::is_case_id(last) {
+        return Err(invalid());
+    }
+    let tag = token_tag(principal, filter, last);
+    if !bool::from(subtle::ConstantTimeEq::ct_eq(
+        &tag[..],
+        &bytes[1..1 + TOKEN_TAG],
+    )) {
+        return Err(invalid());
+    }
+    Ok(last.to_owned())
 }
 
 #[tonic::async_trait]
 impl Cases for CasesApi {
-    #[tracing::instrument(skip_all, fields(case_id = %request.get_ref().case_id))]
+    #[tracing::instrument(skip_all)]
     async fn get_case(
         &self,
         request: Request<GetCaseRequest>,
     ) -> Result<Response<GetCaseResponse>, Status> {
-        const METHOD: &str = "/lianxi.v1.Cases/GetCase";
-        let principal = self
-            .gate
-            .admit(request.metadata(), METHOD, Service::Cases)
-            .await?;
-        let req = request.get_ref().clone();
+        let call = Call::of(&request)?;
+        let req = request.into_inner();
+        call.ask(&req.case_id);
         check_case_id(&req.case_id)?;
         let applied = self.log.checkpoint().stream_sequence;
-        let view = self.view(&req.case_id).await?;
-        self.gate
-            .check_case(&principal, request.metadata(), METHOD, &view)
-            .await?;
-        self.gate
-            .record(
-                &principal,
-                request.metadata(),
-                METHOD,
-                &req.case_id,
-                "case view".into(),
-            )
-            .await?;
+        let view = self.visible(&call, &req.case_id).await?;
+        call.record("case view", Vec::new()).await?;
         let now = req.now.unwrap_or_else(wall_clock);
         let evaluation = lianxi_domain::evaluate(&view, &now);
         let mut view = view;
-        self.keys.reveal_view(&principal, &mut view).await;
+        self.keys.reveal_view(call.principal(), &mut view).await;
         Ok(Response::new(GetCaseResponse {
             view: Some(view),
             evaluated_at: Some(now),
@@ -172,24 +219,18 @@ impl Cases for CasesApi {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(case_id = %request.get_ref().case_id))]
+    #[tracing::instrument(skip_all)]
     async fn get_timeline(
         &self,
         request: Request<GetTimelineRequest>,
     ) -> Result<Response<GetTimelineResponse>, Status> {
-        const METHOD: &str = "/lianxi.v1.Cases/GetTimeline";
-        let principal = self
-            .gate
-            .admit(request.metadata(), METHOD, Service::Cases)
-            .await?;
-        let req = request.get_ref().clone();
+        let call = Call::of(&request)?;
+        let req = request.into_inner();
+        call.ask(&req.case_id);
         check_case_id(&req.case_id)?;
         let size = page_size(req.page_size)?;
         let applied = self.log.checkpoint().stream_sequence;
-        let view = self.view(&req.case_id).await?;
-        self.gate
-            .check_case(&principal, request.metadata(), METHOD, &view)
-            .await?;
+        let view = self.visible(&call, &req.case_id).await?;
         let log = self.log.clone();
         let case_id = req.case_id.clone();
         let after = req.after_case_sequence;
@@ -202,19 +243,15 @@ impl Cases for CasesApi {
         } else {
             0
         };
-        self.gate
-            .record(
-                &principal,
-                request.metadata(),
-                METHOD,
-                &req.case_id,
-                format!("timeline entries after {after}: {}", entries.len()),
-            )
-            .await?;
+        call.record(
+            &format!("timeline entries after {after}: {}", entries.len()),
+            Vec::new(),
+        )
+        .await?;
         // Recorded first, then decrypted: nothing personal is read before
         // the access is on record.
         self.keys
-            .reveal_entries(&principal, &view, &mut entries)
+            .reveal_entries(call.principal(), &view, &mut entries)
             .await;
         let entries: Vec<TimelineEntry> = entries.iter().map(timeline_entry).collect();
         Ok(Response::new(GetTimelineResponse {
@@ -230,25 +267,20 @@ impl Cases for CasesApi {
         &self,
         request: Request<ListCasesRequest>,
     ) -> Result<Response<ListCasesResponse>, Status> {
-        const METHOD: &str = "/lianxi.v1.Cases/ListCases";
-        let principal = self
-            .gate
-            .admit(request.metadata(), METHOD, Service::Cases)
-            .await?;
-        let req = request.get_ref().clone();
+        let call = Call::of(&request)?;
+        let req = request.into_inner();
         let size = page_size(req.page_size)?;
         let now = req.now.unwrap_or_else(wall_clock);
         let filter = req.filter.unwrap_or_default();
+        let after = page_after(call.principal(), &filter, &req.page_token)?;
         let (views, more) = self
-            .scan(&principal, filter, now, req.page_token.clone(), size)
+            .scan(call.principal(), filter.clone(), now, after, size)
             .await?;
-        self.gate
-            .record(&principal, request.metadata(), METHOD, "", listed(&views))
-            .await?;
-        let next = if more {
-            views.last().map(|v| v.case_id.clone()).unwrap_or_default()
-        } else {
-            String::new()
+        let (detail, shown) = listed(&views);
+        call.record(&detail, shown).await?;
+        let next = match views.last() {
+            Some(last) if more => page_token(call.principal(), &filter, &last.case_id),
+            _ => String::new(),
         };
         Ok(Response::new(ListCasesResponse {
             cases: views
@@ -265,36 +297,27 @@ impl Cases for CasesApi {
         &self,
         request: Request<GetAgendaRequest>,
     ) -> Result<Response<GetAgendaResponse>, Status> {
-        const METHOD: &str = "/lianxi.v1.Cases/GetAgenda";
-        let principal = self
-            .gate
-            .admit(request.metadata(), METHOD, Service::Cases)
-            .await?;
-        let req = request.get_ref().clone();
+        let call = Call::of(&request)?;
+        let req = request.into_inner();
         let now = req.now.unwrap_or_else(wall_clock);
         let filter = CaseFilter {
             jurisdiction: req.jurisdiction.clone(),
             ..CaseFilter::default()
         };
-        let (views, _) = self.scan(&principal, filter, now, String::new(), 0).await?;
+        let (views, _) = self
+            .scan(call.principal(), filter, now, String::new(), 0)
+            .await?;
         let days = match req.expiring_within_days {
             0 => 14,
             d => d,
         };
         let items = lianxi_domain::agenda(&views, &now, days);
-        let on_agenda: Vec<CaseView> = items
+        let shown: Vec<String> = items
             .iter()
             .filter_map(|i| i.case.as_ref())
-            .filter_map(|c| views.iter().find(|v| v.case_id == c.case_id).cloned())
+            .map(|c| c.case_id.clone())
             .collect();
-        self.gate
-            .record(
-                &principal,
-                request.metadata(),
-                METHOD,
-                "",
-                listed(&on_agenda),
-            )
+        call.record(&format!("agenda of {} case(s)", shown.len()), shown)
             .await?;
         Ok(Response::new(GetAgendaResponse {
             items,
@@ -304,38 +327,27 @@ impl Cases for CasesApi {
 
     type WatchCaseStream = ChangeStream;
 
-    #[tracing::instrument(skip_all, fields(case_id = %request.get_ref().case_id))]
+    #[tracing::instrument(skip_all)]
     async fn watch_case(
         &self,
         request: Request<WatchCaseRequest>,
     ) -> Result<Response<Self::WatchCaseStream>, Status> {
-        const METHOD: &str = "/lianxi.v1.Cases/WatchCase";
-        let principal = self
-            .gate
-            .admit(request.metadata(), METHOD, Service::Cases)
-            .await?;
-        let req = request.get_ref().clone();
+        let call = Call::of(&request)?;
+        let req = request.into_inner();
+        call.ask(&req.case_id);
         check_case_id(&req.case_id)?;
-        let view = self.view(&req.case_id).await?;
-        self.gate
-            .check_case(&principal, request.metadata(), METHOD, &view)
-            .await?;
-        self.gate
-            .record(
-                &principal,
-                request.metadata(),
-                METHOD,
-                &req.case_id,
-                format!("watch after global sequence {}", req.after_global_sequence),
-            )
-            .await?;
-        let p = principal.clone();
+        self.visible(&call, &req.case_id).await?;
+        call.record(
+            &format!("watch after global sequence {}", req.after_global_sequence),
+            Vec::new(),
+        )
+        .await?;
         let rx = crate::watch::spawn_case(
             self.log.clone(),
             self.changes.clone(),
             req.case_id,
             req.after_global_sequence,
-            Box::new(move |v| crate::auth::may_read_case(&p, v)),
+            call,
         );
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
@@ -349,32 +361,23 @@ impl Cases for CasesApi {
         &self,
         request: Request<WatchCasesRequest>,
     ) -> Result<Response<Self::WatchCasesStream>, Status> {
-        const METHOD: &str = "/lianxi.v1.Cases/WatchCases";
-        let principal = self
-            .gate
-            .admit(request.metadata(), METHOD, Service::Cases)
-            .await?;
-        let req = request.get_ref().clone();
-        self.gate
-            .record(
-                &principal,
-                request.metadata(),
-                METHOD,
-                "",
-                format!(
-                    "watch cases after global sequence {} (each case checked for need to know)",
-                    req.after_global_sequence
-                ),
-            )
-            .await?;
-        let p = principal.clone();
+        let call = Call::of(&request)?;
+        let req = request.into_inner();
+        call.record(
+            &format!(
+                "watch cases after global sequence {} (each batch sent is recorded with its cases)",
+                req.after_global_sequence
+            ),
+            Vec::new(),
+        )
+        .await?;
         let rx = crate::watch::spawn_cases(
             self.log.clone(),
             self.changes.clone(),
             req.filter.unwrap_or_default(),
             req.after_global_sequence,
             wall_clock,
-            Box::new(move |v| crate::auth::may_read_case(&p, v)),
+            call,
         );
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
@@ -386,12 +389,8 @@ impl Cases for CasesApi {
         &self,
         request: Request<GetStatsRequest>,
     ) -> Result<Response<GetStatsResponse>, Status> {
-        const METHOD: &str = "/lianxi.v1.Cases/GetStats";
-        let principal = self
-            .gate
-            .admit(request.metadata(), METHOD, Service::Cases)
-            .await?;
-        let req = request.get_ref().clone();
+        let call = Call::of(&request)?;
+        let req = request.into_inner();
         let now = req.now.unwrap_or_else(wall_clock);
         let filter = CaseFilter {
             jurisdiction: req.jurisdiction.clone(),
@@ -399,15 +398,11 @@ impl Cases for CasesApi {
             opened_before: req.opened_before,
             ..CaseFilter::default()
         };
-        let (views, _) = self.scan(&principal, filter, now, String::new(), 0).await?;
-        self.gate
-            .record(
-                &principal,
-                request.metadata(),
-                METHOD,
-                "",
-                format!("statistics over {} case(s)", views.len()),
-            )
+        let (views, _) = self
+            .scan(call.principal(), filter, now, String::new(), 0)
+            .await?;
+        let (detail, shown) = listed(&views);
+        call.record(&format!("statistics over {detail}"), shown)
             .await?;
         Ok(Response::new(lianxi_domain::stats(&views, &now)))
     }

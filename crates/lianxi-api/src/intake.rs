@@ -6,7 +6,7 @@ use lianxi_proto::v1::{Agency, ListRejectionsRequest, ListRejectionsResponse};
 use tonic::{Request, Response, Status};
 
 use crate::auth::Role;
-use crate::gate::{Gate, Service};
+use crate::gate::{Call, Door, Gate, Service};
 use crate::{on_log, page_size};
 
 /// The `Intake` service.
@@ -21,8 +21,10 @@ impl IntakeApi {
         IntakeApi { log, gate }
     }
 
-    pub fn into_server(self) -> IntakeServer<IntakeApi> {
-        IntakeServer::new(self)
+    /// The tonic server for this service, behind the door.
+    pub fn into_server(self) -> Door<IntakeServer<IntakeApi>> {
+        let gate = self.gate.clone();
+        Door::new(IntakeServer::new(self), gate, Service::Intake)
     }
 }
 
@@ -33,26 +35,20 @@ impl Intake for IntakeApi {
         &self,
         request: Request<ListRejectionsRequest>,
     ) -> Result<Response<ListRejectionsResponse>, Status> {
-        const METHOD: &str = "/lianxi.v1.Intake/ListRejections";
-        let principal = self
-            .gate
-            .admit(request.metadata(), METHOD, Service::Intake)
-            .await?;
+        let call = Call::of(&request)?;
         let req = *request.get_ref();
         let asked = Agency::try_from(req.agency).map_err(|_| {
             Status::invalid_argument(format!("agency {} is not a known agency", req.agency))
         })?;
         // An agency sees only what arrived on its own subjects.
+        let principal = call.principal();
         let agency = match &principal.role {
             Role::Agency(own) if asked != Agency::Unspecified && asked != *own => {
                 let refusal = Status::permission_denied(format!(
                     "{} may list only its own rejections; leave --agency out or name your own",
                     principal.name
                 ));
-                return Err(self
-                    .gate
-                    .deny(&principal, request.metadata(), METHOD, "", refusal)
-                    .await);
+                return Err(call.refuse(refusal).await);
             }
             Role::Agency(own) => *own,
             _ => asked,
@@ -82,14 +78,7 @@ impl Intake for IntakeApi {
             }
         })
         .await?;
-        self.gate
-            .record(
-                &principal,
-                request.metadata(),
-                METHOD,
-                "",
-                format!("{} rejection(s)", rejections.len()),
-            )
+        call.record(&format!("{} rejection(s)", rejections.len()), Vec::new())
             .await?;
         let next = if more {
             rejections.last().map_or(0, |r| r.stream_sequence)

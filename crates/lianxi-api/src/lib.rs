@@ -1,9 +1,12 @@
 //! gRPC handlers: `lianxi.v1.Cases` (secretariat and agencies),
 //! `lianxi.v1.Audit` (auditors) and `lianxi.v1.Intake` (rejections).
 //!
-//! Every call passes the [`Gate`]: the caller is authenticated, its role
-//! checked against the service and, for case data, against need to know, and
-//! the access is written to the chained access log before any data is sent.
+//! Every call passes one door ([`Door`], over the core [`Gate::open`]): the
+//! caller is authenticated, its role checked against the service, and the
+//! handler gets a [`Call`]; need to know is checked per case, and every
+//! answer, allowed or refused, is written to the chained access log before
+//! it is sent. A case the caller may not see and a case that does not exist
+//! get the same answer, so the API tells nobody which case ids exist.
 //!
 //! Errors become `tonic::Status` in one place, [`status`]: caller mistakes
 //! map to `InvalidArgument` / `NotFound` / `PermissionDenied`, storage
@@ -28,7 +31,7 @@ pub use auth::{
 };
 pub use cases::CasesApi;
 pub use checkpoints::{Checkpointer, IssueError};
-pub use gate::Gate;
+pub use gate::{Call, Door, Gate, MAX_ECHO_CHARS, MAX_MESSAGE_CHARS, bounded, echo};
 pub use intake::IntakeApi;
 
 use lianxi_proto::Timestamp;
@@ -97,15 +100,28 @@ fn check_case_id(case_id: &str) -> Result<(), Status> {
         Ok(())
     } else {
         Err(Status::invalid_argument(format!(
-            "{case_id:?} is not a case id: use 1 to {} characters of A-Z a-z 0-9 _ -",
+            "\"{}\" is not a case id: use 1 to {} characters of A-Z a-z 0-9 _ -",
+            echo(case_id),
             lianxi_domain::MAX_ID_LEN
         )))
     }
 }
 
+/// A case the caller may not see, or that does not exist: one answer for
+/// both, so that no caller learns which case ids exist.
+fn unseen(case_id: &str) -> Status {
+    Status::not_found(format!(
+        "no case {} within your sight on this node: either it does not exist here (yet), or it is not among the cases your agency is involved in or your jurisdiction holds; check the id, wait until the node has applied the event that opens it, or ask the lead agency to refer it",
+        echo(case_id)
+    ))
+}
+
+/// A case that does not exist, for callers who may see every case
+/// (auditors).
 fn not_found(case_id: &str) -> Status {
     Status::not_found(format!(
-        "no case {case_id} on this node; check the id, or wait until the node has applied the event that opens it"
+        "no case {} on this node; check the id, or wait until the node has applied the event that opens it",
+        echo(case_id)
     ))
 }
 

@@ -5,6 +5,12 @@
 //! per watcher beyond a small channel, so a slow watcher slows only itself
 //! and never misses a change: resuming after the last `global_sequence`
 //! received gives every later change.
+//!
+//! Each change carries the case's view after that change (not the view at
+//! the time it is read), and a filter is judged on that view, so a watcher
+//! resuming from a point receives exactly what a live watcher received from
+//! the same point. Each batch of changes is recorded in the access log, with
+//! the cases it shows, before it is sent.
 
 use std::collections::HashMap;
 
@@ -14,6 +20,7 @@ use lianxi_proto::v1::{CaseChange, CaseFilter, CaseView, LogEntry};
 use tokio::sync::{mpsc, watch};
 use tonic::Status;
 
+use crate::gate::Call;
 use crate::timeline_entry;
 
 // Watch streams carry no personal values: they go to dashboards and stay
@@ -24,16 +31,119 @@ const WATCH_BUFFER: usize = 64;
 /// Entries read from the log per step.
 const CHUNK: usize = 512;
 
-/// Who may see which case, decided per change (a case can come into or out
-/// of a principal's sight as it evolves).
-pub(crate) type Visible = Box<dyn Fn(&CaseView) -> bool + Send + Sync>;
+type Tx = mpsc::Sender<Result<CaseChange, Status>>;
+
+/// Whether the watching principal may see the case now.
+fn visible(call: &Call, view: &CaseView) -> bool {
+    crate::auth::may_read_case(call.principal(), view)
+}
+
+/// Records a batch of changes (the cases they show), then sends them. False
+/// if the watcher is gone or the batch could not be recorded (the watcher
+/// then gets the error).
+async fn send_batch(tx: &Tx, call: &Call, batch: Vec<CaseChange>) -> bool {
+    let Some(last) = batch.last() else {
+        return true;
+    };
+    let mut shown: Vec<String> = Vec::new();
+    for c in &batch {
+        if !shown.contains(&c.case_id) {
+            shown.push(c.case_id.clone());
+        }
+    }
+    let detail = format!(
+        "{} change(s) up to global sequence {}",
+        batch.len(),
+        last.global_sequence
+    );
+    if let Err(s) = call.record(&detail, shown).await {
+        send_err(tx, s).await;
+        return false;
+    }
+    for c in batch {
+        if tx.send(Ok(c)).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+/// The views after a batch of entries: the current view for a case's
+/// latest entry, and one replay of the case for earlier ones, however many.
+struct ViewsAfter {
+    /// The current view of each case of the batch.
+    current: HashMap<String, Option<CaseView>>,
+    /// The view after each entry, by global sequence.
+    after: HashMap<u64, CaseView>,
+}
+
+impl ViewsAfter {
+    async fn read(log: &Log, entries: &[LogEntry]) -> Result<ViewsAfter, Status> {
+        let mut current: HashMap<String, Option<CaseView>> = HashMap::new();
+        for e in entries {
+            let case_id = entry_case(e);
+            if let std::collections::hash_map::Entry::Vacant(slot) = current.entry(case_id) {
+                let v = case_view(log, slot.key()).await?;
+                slot.insert(v);
+            }
+        }
+        // Entries that are not their case's latest need a replay: one per
+        // case, through the last of them.
+        let mut replay: HashMap<String, (u64, Vec<u64>)> = HashMap::new();
+        let mut after = HashMap::new();
+        for e in entries {
+            let case_id = entry_case(e);
+            match current.get(&case_id) {
+                Some(Some(v)) if v.last_global_sequence == e.global_sequence => {
+                    after.insert(e.global_sequence, v.clone());
+                }
+                Some(Some(_)) => {
+                    let r = replay.entry(case_id).or_default();
+                    r.0 = r.0.max(e.global_sequence);
+                    r.1.push(e.global_sequence);
+                }
+                _ => {}
+            }
+        }
+        for (case_id, (through, wanted)) in replay {
+            let folded = crate::on_log(log, move |l| {
+                let mut out = Vec::new();
+                l.case_views_through(&case_id, through, |e, v| {
+                    if wanted.contains(&e.global_sequence) {
+                        out.push((e.global_sequence, v.clone()));
+                    }
+                })?;
+                Ok(out)
+            })
+            .await?;
+            after.extend(folded);
+        }
+        Ok(ViewsAfter { current, after })
+    }
+
+    fn current(&self, case_id: &str) -> Option<&CaseView> {
+        self.current.get(case_id).and_then(Option::as_ref)
+    }
+
+    /// The case's view right after entry `e`.
+    fn after(&self, e: &LogEntry) -> Option<CaseView> {
+        self.after.get(&e.global_sequence).cloned()
+    }
+}
+
+fn entry_case(e: &LogEntry) -> String {
+    e.event
+        .as_ref()
+        .map(|ev| ev.case_id.clone())
+        .unwrap_or_default()
+}
 
 pub(crate) fn spawn_case(
     log: Log,
     mut changes: watch::Receiver<Option<GroupReport>>,
     case_id: String,
     after: u64,
-    visible: Visible,
+    call: Call,
 ) -> mpsc::Receiver<Result<CaseChange, Status>> {
     let (tx, rx) = mpsc::channel(WATCH_BUFFER);
     tokio::spawn(async move {
@@ -50,15 +160,24 @@ pub(crate) fn spawn_case(
                     Err(s) => return send_err(&tx, s).await,
                 };
                 let n = chunk.len();
-                for e in chunk {
+                if let Some(e) = chunk.last() {
                     last_case_seq = e.case_sequence;
-                    if e.global_sequence <= after {
-                        continue;
-                    }
+                }
+                let chunk: Vec<LogEntry> = chunk
+                    .into_iter()
+                    .filter(|e| e.global_sequence > after)
+                    .collect();
+                let views = match ViewsAfter::read(&log, &chunk).await {
+                    Ok(v) => v,
+                    Err(s) => return send_err(&tx, s).await,
+                };
+                let mut batch = Vec::new();
+                for e in &chunk {
                     last_global = e.global_sequence;
-                    if tx.send(Ok(change(&e, None))).await.is_err() {
-                        return;
-                    }
+                    batch.push(change(e, views.after(e)));
+                }
+                if !send_batch(&tx, &call, batch).await {
+                    return;
                 }
                 if n < CHUNK {
                     break;
@@ -70,11 +189,12 @@ pub(crate) fn spawn_case(
             Err(s) => return send_err(&tx, s).await,
         };
         if let Some(view) = view {
-            if !visible(&view) {
-                return send_err(&tx, Status::permission_denied(format!(
-                    "you may not see case {case_id}: it is outside your agency's or jurisdiction's cases"
-                )))
-                .await;
+            if !visible(&call, &view) {
+                let s = Status::permission_denied(format!(
+                    "case {} is no longer within your sight",
+                    crate::echo(&case_id)
+                ));
+                return send_err(&tx, call.refuse(s).await).await;
             }
             if after == 0 {
                 // Starting from the present: the snapshot covers everything
@@ -93,6 +213,9 @@ pub(crate) fn spawn_case(
                 view: Some(crate::conceal_view(view)),
                 snapshot: true,
             };
+            // The call's own record (made before the stream opened, for
+            // this case) covers the snapshot; changes are recorded per
+            // batch.
             if tx.send(Ok(snapshot)).await.is_err() {
                 return;
             }
@@ -114,30 +237,24 @@ pub(crate) fn spawn_case(
             if entries.is_empty() {
                 continue;
             }
-            let view = match case_view(&log, &case_id).await {
+            let views = match ViewsAfter::read(&log, &entries).await {
                 Ok(v) => v,
                 Err(s) => return send_err(&tx, s).await,
             };
-            if let Some(v) = &view
-                && !visible(v)
-            {
-                return send_err(
-                    &tx,
-                    Status::permission_denied(format!(
-                        "case {case_id} is no longer within your sight"
-                    )),
-                )
-                .await;
+            if views.current(&case_id).is_some_and(|v| !visible(&call, v)) {
+                let s = Status::permission_denied(format!(
+                    "case {} is no longer within your sight",
+                    crate::echo(&case_id)
+                ));
+                return send_err(&tx, call.refuse(s).await).await;
             }
-            let last = entries.len() - 1;
-            for (i, e) in entries.iter().enumerate() {
+            let mut batch = Vec::with_capacity(entries.len());
+            for e in &entries {
                 last_case_seq = e.case_sequence;
-                // The view after the last change read; earlier changes of
-                // the same read carry the event only.
-                let v = if i == last { view.clone() } else { None };
-                if tx.send(Ok(change(e, v))).await.is_err() {
-                    return;
-                }
+                batch.push(change(e, views.after(e)));
+            }
+            if !send_batch(&tx, &call, batch).await {
+                return;
             }
             if entries.len() == CHUNK {
                 // More to read: do not wait for the next group.
@@ -154,7 +271,7 @@ pub(crate) fn spawn_cases(
     filter: CaseFilter,
     after: u64,
     now: impl Fn() -> Timestamp + Send + 'static,
-    visible: Visible,
+    call: Call,
 ) -> mpsc::Receiver<Result<CaseChange, Status>> {
     let (tx, rx) = mpsc::channel(WATCH_BUFFER);
     tokio::spawn(async move {
@@ -169,20 +286,19 @@ pub(crate) fn spawn_cases(
                 Err(s) => return send_err(&tx, s).await,
             };
             let at = now();
-            for view in views {
-                if !visible(&view) || !lianxi_domain::matches(&filter, &view, &at) {
-                    continue;
-                }
-                let snapshot = CaseChange {
+            let snapshots: Vec<CaseChange> = views
+                .into_iter()
+                .filter(|v| visible(&call, v) && lianxi_domain::matches(&filter, v, &at))
+                .map(|view| CaseChange {
                     case_id: view.case_id.clone(),
                     global_sequence: last_global,
                     entry: None,
                     view: Some(crate::conceal_view(view)),
                     snapshot: true,
-                };
-                if tx.send(Ok(snapshot)).await.is_err() {
-                    return;
-                }
+                })
+                .collect();
+            if !send_batch(&tx, &call, snapshots).await {
+                return;
             }
         }
         loop {
@@ -198,31 +314,26 @@ pub(crate) fn spawn_cases(
                 }
                 continue;
             }
-            let mut views: HashMap<String, Option<CaseView>> = HashMap::new();
+            let views = match ViewsAfter::read(&log, &entries).await {
+                Ok(v) => v,
+                Err(s) => return send_err(&tx, s).await,
+            };
             let at = now();
+            let mut batch = Vec::new();
             for e in &entries {
                 last_global = e.global_sequence;
-                let case = e
-                    .event
-                    .as_ref()
-                    .map(|ev| ev.case_id.clone())
-                    .unwrap_or_default();
-                if !views.contains_key(&case) {
-                    let v = match case_view(&log, &case).await {
-                        Ok(v) => v,
-                        Err(s) => return send_err(&tx, s).await,
-                    };
-                    views.insert(case.clone(), v);
-                }
-                let Some(Some(view)) = views.get(&case) else {
+                // Sight and the filter are judged on the view after this
+                // change, as a live watcher saw it.
+                let Some(view) = views.after(e) else {
                     continue;
                 };
-                if !visible(view) || !lianxi_domain::matches(&filter, view, &at) {
+                if !visible(&call, &view) || !lianxi_domain::matches(&filter, &view, &at) {
                     continue;
                 }
-                if tx.send(Ok(change(e, Some(view.clone())))).await.is_err() {
-                    return;
-                }
+                batch.push(change(e, Some(view)));
+            }
+            if !send_batch(&tx, &call, batch).await {
+                return;
             }
         }
     });

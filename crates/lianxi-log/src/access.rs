@@ -9,7 +9,7 @@
 //! | key | value |
 //! |---|---|
 //! | `A` + sequence | `AccessRecord` |
-//! | `C` + case id + 0x00 + sequence | empty (index: accesses to a case) |
+//! | `C` + case id + 0x00 + sequence | empty (index: accesses to a case: its `case_id` and each of its `case_ids`) |
 //! | `P` + principal + 0x00 + sequence | empty (index: accesses by a principal) |
 //! | `Mhead` | last sequence (8 bytes) + its hash (32 bytes) |
 //!
@@ -133,8 +133,26 @@ fn ts_key(t: Option<&Timestamp>) -> (i64, i32) {
     t.map_or((0, 0), |t| (t.seconds, t.nanos))
 }
 
+/// The case ids a record is indexed under: its `case_id` and its
+/// `case_ids`, each once, none empty.
+fn indexed_cases(r: &AccessRecord) -> Vec<&str> {
+    let mut out: Vec<&str> = Vec::with_capacity(1 + r.case_ids.len());
+    for id in std::iter::once(&r.case_id).chain(&r.case_ids) {
+        if !id.is_empty() && !out.contains(&id.as_str()) {
+            out.push(id);
+        }
+    }
+    out
+}
+
+/// Whether the record concerns `case_id`: read or asked for, or shown
+/// among others.
+fn concerns(r: &AccessRecord, case_id: &str) -> bool {
+    r.case_id == case_id || r.case_ids.iter().any(|c| c == case_id)
+}
+
 fn matches(r: &AccessRecord, f: &ListAccessRequest) -> bool {
-    (f.case_id.is_empty() || r.case_id == f.case_id)
+    (f.case_id.is_empty() || concerns(r, &f.case_id))
         && (f.principal.is_empty() || r.principal == f.principal)
         && f.from
             .as_ref()
@@ -211,8 +229,8 @@ impl AccessLog {
 
         let mut batch = sled::Batch::default();
         batch.insert(&record_key(record.sequence), record.encode_to_vec());
-        if !record.case_id.is_empty() {
-            batch.insert(index_key(BY_CASE, &record.case_id, record.sequence), &[]);
+        for case_id in indexed_cases(&record) {
+            batch.insert(index_key(BY_CASE, case_id, record.sequence), &[]);
         }
         if !record.principal.is_empty() {
             batch.insert(
@@ -407,11 +425,14 @@ impl AccessLog {
                     hex::encode(hash)
                 )));
             }
-            for (prefix, name) in [
-                (BY_CASE, &record.case_id),
-                (BY_PRINCIPAL, &record.principal),
-            ] {
-                if !name.is_empty() && !tree.contains_key(index_key(prefix, name, seq))? {
+            let principal = [record.principal.as_str()];
+            let principal = principal.iter().filter(|p| !p.is_empty());
+            let names = indexed_cases(&record)
+                .into_iter()
+                .map(|c| (BY_CASE, c))
+                .chain(principal.map(|p| (BY_PRINCIPAL, *p)));
+            for (prefix, name) in names {
+                if !tree.contains_key(index_key(prefix, name, seq))? {
                     return Err(corrupt(format!(
                         "its {} index entry for {name:?} is missing",
                         if prefix == BY_CASE {
@@ -451,13 +472,10 @@ impl AccessLog {
                     Some(seq) => self.record(seq)?,
                     None => None,
                 };
-                let ok = record.is_some_and(|r| {
-                    let indexed = if prefix == BY_CASE {
-                        r.case_id
-                    } else {
-                        r.principal
-                    };
-                    indexed.as_bytes() == name
+                let ok = record.is_some_and(|r| match std::str::from_utf8(name) {
+                    Ok(name) if prefix == BY_CASE => concerns(&r, name),
+                    Ok(name) => r.principal == name,
+                    Err(_) => false,
                 });
                 if !ok {
                     return Err(Error::Corruption {

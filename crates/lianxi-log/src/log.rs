@@ -654,6 +654,52 @@ impl Log {
         }
     }
 
+    /// Replays a case from its first entry through the entry with global
+    /// sequence `through`, calling `each` with every entry and the view
+    /// right after it (what [`Log::case_as_of`] returns for that entry), in
+    /// order. One pass for the views after many entries of one case (a
+    /// watch sends each change with the view after it).
+    pub fn case_views_through(
+        &self,
+        case_id: &str,
+        through: u64,
+        mut each: impl FnMut(&LogEntry, &CaseView),
+    ) -> Result<()> {
+        let mut view: Option<CaseView> = None;
+        let mut after = 0;
+        loop {
+            let chunk = self.case_entries(case_id, after, 512)?;
+            let done = chunk.len() < 512;
+            for entry in chunk {
+                if entry.global_sequence > through {
+                    return Ok(());
+                }
+                after = entry.case_sequence;
+                let event = entry.event.clone().unwrap_or_default();
+                let prior = match entry_person(&entry) {
+                    Some(p) => self.prior_before(&p, entry.global_sequence)?,
+                    None => None,
+                };
+                let ctx = Context {
+                    policy: &self.inner.policy,
+                    prior_case: prior.as_ref(),
+                };
+                let meta = EntryMeta {
+                    global_sequence: entry.global_sequence,
+                    case_sequence: entry.case_sequence,
+                    recorded_at: entry.recorded_at.unwrap_or_default(),
+                    sealed: &entry.sealed,
+                };
+                let next = lianxi_domain::apply(&ctx, view, &event, &meta);
+                each(&entry, &next);
+                view = Some(next);
+            }
+            if done {
+                return Ok(());
+            }
+        }
+    }
+
     /// The person's latest case opened before `global_sequence`.
     fn prior_before(&self, person: &str, global_sequence: u64) -> Result<Option<PriorCase>> {
         let start = keys::person_history_prefix(person);

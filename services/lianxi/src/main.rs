@@ -282,7 +282,8 @@ enum Command {
     Access {
         #[command(flatten)]
         conn: query::Conn,
-        /// Only reads of this case.
+        /// Only accesses to this case: reads and refusals of it, and every
+        /// list, agenda, statistics or watch that showed it.
         #[arg(long = "case")]
         case_id: Option<String>,
         /// Only this principal.

@@ -552,8 +552,26 @@ pub(crate) fn access(list: &[lianxi_proto::v1::AccessRecord]) -> String {
             why = format!("purpose: {}; {why}", r.purpose);
         }
         let _ = writeln!(s, "          {why}");
+        if !r.case_ids.is_empty() {
+            let _ = writeln!(s, "          shown: {}", shown(&r.case_ids));
+        }
     }
     s
+}
+
+/// The cases a call showed: the first ten, then how many in all.
+fn shown(ids: &[String]) -> String {
+    const FIRST: usize = 10;
+    let mut line = ids
+        .iter()
+        .take(FIRST)
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if ids.len() > FIRST {
+        line.push_str(&format!(", ... ({} cases in all)", ids.len()));
+    }
+    line
 }
 
 #[cfg(test)]

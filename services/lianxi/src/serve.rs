@@ -282,11 +282,20 @@ pub(crate) async fn run(config: ServeConfig) -> Result<()> {
         health,
         shutdown_rx.clone(),
     ));
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(lianxi_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    // Reflection in both protocol versions: `grpc.reflection.v1` and the
+    // older `v1alpha` that grpcio's reflection client and older grpcurl
+    // speak. tonic-reflection builds each separately.
+    let reflection_builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(lianxi_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection = reflection_builder()
         .build_v1()
-        .context("building the reflection service")?;
+        .context("building the reflection service (v1)")?;
+    let reflection_v1alpha = reflection_builder()
+        .build_v1alpha()
+        .context("building the reflection service (v1alpha)")?;
 
     let gate = Gate::new(principals, log.access_log());
     let mut grpc_shutdown = shutdown_rx.clone();
@@ -294,6 +303,7 @@ pub(crate) async fn run(config: ServeConfig) -> Result<()> {
         .layer(ReadyLayer::new(readiness))
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(
             CasesApi::new(log.clone(), gate.clone(), applied_rx)
                 .with_keys(keys.clone())

@@ -344,3 +344,67 @@ fn concurrent_appends_from_threads_form_one_dense_chain() {
     let (p3, _) = log.access_log().list(&filter("", "p3"), 1000).unwrap();
     assert_eq!(p3.len(), each as usize);
 }
+
+/// A list call that showed several cases.
+fn shown(at: i64, principal: &str, cases: &[&str]) -> AccessRecord {
+    AccessRecord {
+        method: "/lianxi.v1.Cases/ListCases".into(),
+        case_ids: cases.iter().map(|c| c.to_string()).collect(),
+        ..read(at, principal, "")
+    }
+}
+
+#[test]
+fn cases_shown_by_a_list_are_found_by_case() {
+    let dir = tempfile::tempdir().unwrap();
+    let access = open(dir.path()).access_log();
+    access.append(read(1, "a", "X")).unwrap();
+    access.append(shown(2, "b", &["W", "X", "Y"])).unwrap();
+    access.append(shown(3, "b", &["Y", "Y"])).unwrap();
+    // A read of one case that also names it among those shown is indexed
+    // once.
+    access
+        .append(AccessRecord {
+            case_ids: vec!["X".into()],
+            ..read(4, "a", "X")
+        })
+        .unwrap();
+    let (x, more) = access.list(&filter("X", ""), 10).unwrap();
+    assert_eq!(seqs(&x), [1, 2, 4]);
+    assert!(!more);
+    let (y, _) = access.list(&filter("Y", ""), 10).unwrap();
+    assert_eq!(seqs(&y), [2, 3]);
+    let (y_by_b, _) = access.list(&filter("Y", "b"), 10).unwrap();
+    assert_eq!(seqs(&y_by_b), [2, 3]);
+    // Paging over the case index.
+    let (first, more) = access.list(&filter("X", ""), 2).unwrap();
+    assert_eq!(seqs(&first), [1, 2]);
+    assert!(more);
+    assert_eq!(access.verify().unwrap(), 4);
+    // Every case shown needs its index entry.
+    access.tree().remove(index_key(BY_CASE, "W", 2)).unwrap();
+    assert!(matches!(
+        access.verify(),
+        Err(Error::Corruption {
+            at: Location::Access(2),
+            ..
+        })
+    ));
+    access
+        .tree()
+        .insert(index_key(BY_CASE, "W", 2), &[])
+        .unwrap();
+    assert_eq!(access.verify().unwrap(), 4);
+    // An index entry for a case the record did not show is caught.
+    access
+        .tree()
+        .insert(index_key(BY_CASE, "Z", 2), &[])
+        .unwrap();
+    assert!(matches!(
+        access.verify(),
+        Err(Error::Corruption {
+            at: Location::Access(2),
+            ..
+        })
+    ));
+}
