@@ -330,10 +330,20 @@ struct Caller {
     purpose: Option<String>,
 }
 
-/// Metadata is cut to 8,000 characters: HTTP/2 refuses a header list over
-/// 16 KiB (hyper's default) before any service sees the request.
+/// Metadata is cut to 4,000 bytes (token and purpose together stay under
+/// the limit): HTTP/2 refuses a header list over 16 KiB (hyper's default,
+/// HTTP 431) before any service sees the request.
 fn metadata_string() -> impl Strategy<Value = String> {
-    hostile_string().prop_map(|s| s.chars().take(8_000).collect())
+    hostile_string().prop_map(|s| {
+        let mut out = String::new();
+        for c in s.chars() {
+            if out.len() + c.len_utf8() > 4_000 {
+                break;
+            }
+            out.push(c);
+        }
+        out
+    })
 }
 
 fn caller() -> impl Strategy<Value = Caller> {
