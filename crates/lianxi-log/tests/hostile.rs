@@ -12,8 +12,8 @@
 //! Runs are reproducible: a fixed seed unless `PROPTEST_RNG_SEED` is set,
 //! 48 streams by default (each opens a sled database; `PROPTEST_CASES`
 //! raises it), failures persisted beside this file
-//! (`hostile.proptest-regressions`, to be committed). Properties other
-//! changes are fixing now are asserted only when [`pending_fixes_enforced`].
+//! (`hostile.proptest-regressions`, to be committed). Reasons never echo
+//! control characters.
 
 #![forbid(unsafe_code)]
 
@@ -43,9 +43,9 @@ fn config(cases: u32) -> ProptestConfig {
     c
 }
 
-/// Whether the properties that other changes are fixing right now are
-/// asserted (reasons without control characters). The integrator turns it
-/// on here once those are merged, or sets `LIANXI_HOSTILE_PENDING=1`.
+/// The strict properties (messages bounded, no control characters echoed,
+/// no page token the node never issued) hold for every input and are
+/// always asserted; the function names them where they are checked.
 fn pending_fixes_enforced() -> bool {
     true
 }
