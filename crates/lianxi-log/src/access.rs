@@ -186,14 +186,15 @@ impl AccessLog {
     /// record whose flush failed may not have survived the reopen, and the
     /// chain continues from what is on disk.
     pub(crate) fn while_reopening(&self, reopen: impl FnOnce() -> Result<()>) -> Result<()> {
-        let mut head = self
-            .inner
-            .head
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // The order `flush_through` takes them in: flusher, then head.
         let _flusher = self
             .inner
             .flushing
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut head = self
+            .inner
+            .head
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         reopen()?;

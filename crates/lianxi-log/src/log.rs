@@ -277,7 +277,10 @@ impl Log {
         let high_water = HighWater::read(path)?;
         let behind = high_water
             .as_ref()
-            .filter(|hw| hw.global_sequence > checkpoint.global_sequence)
+            .filter(|hw| {
+                hw.global_sequence > checkpoint.global_sequence
+                    || hw.stream_sequence > checkpoint.stream_sequence
+            })
             .map(|hw| Behind {
                 have: checkpoint.global_sequence,
                 vouched: hw.global_sequence,
@@ -402,7 +405,8 @@ impl Log {
         else {
             return Ok(());
         };
-        if self.checkpoint().global_sequence < hw.global_sequence {
+        let cp = self.checkpoint();
+        if cp.global_sequence < hw.global_sequence || cp.stream_sequence < hw.stream_sequence {
             return Ok(());
         }
         if hw.global_sequence > 0 {

@@ -1362,3 +1362,71 @@ fn hostile_ids_never_reach_a_reason_a_receipt_or_the_lookup_index_as_they_are() 
     // A malformed id is not indexed for lookups.
     assert_eq!(log.tree().scan_prefix([keys::REJECTED_ID]).count(), 0);
 }
+
+#[test]
+fn a_missing_entry_near_the_end_is_found_at_open_and_the_log_refuses_to_grow() {
+    let (dir, log) = small_log();
+    let last = log.checkpoint().global_sequence;
+    log.tree().remove(keys::seq(keys::ENTRY, last - 3)).unwrap();
+    drop(log);
+    let log = Log::open(dir.path(), Policy::default()).unwrap();
+    let damage = log.damage().expect("damage found at open").to_owned();
+    assert!(
+        damage.contains(&format!("log entry {}", last - 3)) && damage.contains("restore"),
+        "{damage}"
+    );
+    match log.append_group(&stream(8, 10), &TEST_KEYS) {
+        Err(Error::Unwritable { reason }) => assert_eq!(reason, damage),
+        other => panic!("a damaged log must not grow: {other:?}"),
+    }
+}
+
+#[test]
+fn a_log_below_its_high_water_mark_is_behind_until_it_has_caught_up() {
+    let msgs = stream(9, 120);
+    let (first, rest) = msgs.split_at(msgs.len() / 2);
+    let full = tempfile::tempdir().unwrap();
+    let vouched = {
+        let log = Log::open(full.path(), Policy::default()).unwrap();
+        log.append_group(&msgs, &TEST_KEYS).unwrap();
+        let cp = log.checkpoint();
+        log.raise_high_water(&cp).unwrap();
+        cp
+    };
+    // A node that lost the second half: its high-water mark survived.
+    let lost = tempfile::tempdir().unwrap();
+    {
+        let log = Log::open(lost.path(), Policy::default()).unwrap();
+        log.append_group(first, &TEST_KEYS).unwrap();
+    }
+    std::fs::copy(
+        full.path().join(crate::HIGH_WATER_FILE),
+        lost.path().join(crate::HIGH_WATER_FILE),
+    )
+    .unwrap();
+    let log = Log::open(lost.path(), Policy::default()).unwrap();
+    let behind = log.behind().expect("behind its high-water mark");
+    assert_eq!(behind.vouched, vouched.global_sequence);
+    assert!(behind.have < behind.vouched, "{behind:?}");
+    // Reading the lost messages again catches up, to the same entries.
+    log.append_group(rest, &TEST_KEYS).unwrap();
+    assert_eq!(log.behind(), None);
+    assert_eq!(log.checkpoint(), vouched);
+
+    // A mark whose hash the re-read log does not reach is damage, not a
+    // catch-up.
+    let other = tempfile::tempdir().unwrap();
+    {
+        let log = Log::open(other.path(), Policy::default()).unwrap();
+        log.append_group(first, &TEST_KEYS).unwrap();
+    }
+    let mut forged = crate::HighWater::read(full.path()).unwrap().unwrap();
+    forged.last_hash = [7; 32];
+    forged.write(other.path()).unwrap();
+    let log = Log::open(other.path(), Policy::default()).unwrap();
+    assert!(log.behind().is_some());
+    match log.append_group(rest, &TEST_KEYS) {
+        Err(Error::Damaged { detail, .. }) => assert!(detail.contains("high-water"), "{detail}"),
+        other => panic!("expected damage, got {other:?}"),
+    }
+}
