@@ -28,7 +28,30 @@ const SECRETS: &[&str] = &[
     "Little Plumblossom",
     "Respondent Zhao Hiddenname",
     "Teacher Reportername",
+    // In a message on the case's subject that is not an event at all: the
+    // rejection record must not keep it in the clear either.
+    UNDECODABLE,
 ];
+/// A name inside bytes that do not decode, published on the case's subject
+/// before the erasure.
+const UNDECODABLE: &str = "Undecodable Nameperson";
+/// A name inside bytes that do not decode, published on the case's subject
+/// after the erasure: the bus keeps it (it came later), the nodes must not.
+const LATE: &str = "Late Undecodablename";
+
+/// Bytes that are not a protobuf event, carrying `name`.
+fn garbage(name: &str) -> Vec<u8> {
+    [&[0xff, 0xff][..], b"person: ", name.as_bytes(), &[0xff]].concat()
+}
+
+async fn publish_raw(js: &async_nats::jetstream::Context, subject: &str, payload: Vec<u8>) -> u64 {
+    js.publish(subject.to_owned(), payload.into())
+        .await
+        .expect("publish")
+        .await
+        .expect("stored by JetStream")
+        .sequence
+}
 /// The other case's values: sealed in the log, still on the bus.
 const KEPT: &str = "Kept Personname";
 
@@ -144,7 +167,7 @@ async fn an_erased_case_verifies_agrees_across_nodes_and_leaves_no_plaintext() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    publish(&js, &opening("e-1", "ERASE-1", true)).await;
+    let first = publish(&js, &opening("e-1", "ERASE-1", true)).await;
     let warning = event(
         "e-2",
         "ERASE-1",
@@ -156,7 +179,8 @@ async fn an_erased_case_verifies_agrees_across_nodes_and_leaves_no_plaintext() {
             grounds: "threats".into(),
         }),
     );
-    publish(&js, &warning).await;
+    let second = publish(&js, &warning).await;
+    let third = publish_raw(&js, "lianxi.v1.events.police.ERASE-1", garbage(UNDECODABLE)).await;
     let last = publish(&js, &opening("k-1", "KEEP-1", false)).await;
     let (mut ca, mut cb) = (a.client().await, b.client().await);
     case_after(&mut ca, "KEEP-1", last).await;
@@ -217,6 +241,25 @@ async fn an_erased_case_verifies_agrees_across_nodes_and_leaves_no_plaintext() {
         "{:?}",
         view.personal
     );
+    // An undecodable message on the erased case's subject, after the
+    // erasure: rejected, and nothing of it kept by the nodes.
+    let late = publish_raw(&js, "lianxi.v1.events.police.ERASE-1", garbage(LATE)).await;
+    let marker = publish(
+        &js,
+        &event(
+            "k-2",
+            "KEEP-1",
+            Agency::Police,
+            180,
+            Body::ProgressReported(pb::ProgressReported {
+                summary: "called".into(),
+            }),
+        ),
+    )
+    .await;
+    assert!(marker > late);
+    case_after(&mut ca, "KEEP-1", marker).await;
+    case_after(&mut cb, "KEEP-1", marker).await;
     let lines = timeline(&a, "ERASE-1").await;
     assert_eq!(lines.len(), 3, "the events stay; only their values go");
     assert_eq!(lines[2].kind, "personal_data_erased");
@@ -236,7 +279,11 @@ async fn an_erased_case_verifies_agrees_across_nodes_and_leaves_no_plaintext() {
 
     // Both nodes agree, and the log still verifies end to end.
     let after = root(&a).await;
-    assert_eq!(after.0, before.0 + 1, "the erasure is itself an entry");
+    assert_eq!(
+        after.0,
+        before.0 + 2,
+        "the erasure is itself an entry (and so is KEEP-1's progress report)"
+    );
     assert_eq!(after, root(&b).await);
     let (ok, out, err) = lianxi(
         &["verify", "--node", &a.grpc_addr, "--compare", &b.grpc_addr],
@@ -246,17 +293,16 @@ async fn an_erased_case_verifies_agrees_across_nodes_and_leaves_no_plaintext() {
 
     // The bus keeps no message of the case before the erasure.
     let stream = js.get_stream("LIANXI_EVENTS").await.unwrap();
+    // (The late undecodable message came after the erasure and stays.)
     let started = Instant::now();
-    while stream
-        .get_last_raw_message_by_subject("lianxi.v1.events.police.ERASE-1")
-        .await
-        .is_ok()
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the case's messages were not purged from the stream"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    for seq in [first, second, third] {
+        while stream.get_raw_message(seq).await.is_ok() {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "the case's message {seq} was not purged from the stream"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
     assert!(
         stream
@@ -270,6 +316,19 @@ async fn an_erased_case_verifies_agrees_across_nodes_and_leaves_no_plaintext() {
     assert!(a.stop().success());
     assert!(b.stop().success());
     let (store, port) = nats.stop();
+    for dir in [a_dir.path(), b_dir.path()] {
+        assert_eq!(files_containing(dir, LATE), Vec::<String>::new(), "{LATE}");
+        let log = lianxi_log::Log::open(dir, lianxi_domain::Policy::default()).unwrap();
+        let kept = log.rejections(0, 100).unwrap();
+        assert_eq!(kept.len(), 2, "{kept:?}");
+        // Before the erasure: sealed under the (now destroyed) case key.
+        assert!(kept[0].raw.is_empty() && kept[0].sealed_raw.is_some());
+        // After it: nothing kept but the length and the reason.
+        assert_eq!(kept[1].stream_sequence, late);
+        assert!(kept[1].raw.is_empty() && kept[1].sealed_raw.is_none() && kept[1].raw_withheld);
+    }
+    // The late message itself is on the bus (it came after the erasure).
+    assert!(!files_containing(store.path(), LATE).is_empty());
     for s in SECRETS {
         for dir in [a_dir.path(), b_dir.path(), store.path()] {
             assert_eq!(

@@ -160,7 +160,7 @@ pub fn decide(
             ),
         ));
     }
-    predecessor(view, event, body, corrected)?;
+    predecessor(view, event, body, agency, corrected)?;
     let committee = agency == Agency::PoliticalLegalCommittee;
     if matches!(body, Body::CaseClosed(_) | Body::CaseReopened(_))
         && !committee
@@ -435,10 +435,16 @@ fn missing_record(view: &CaseView, what: &str, id: &str, creator: &str) -> Rejec
 /// and the missing referral is what to report. A correction is looked up
 /// among the correcting agency's own events only (event ids are each
 /// agency's own), so another agency's event is never named here.
+///
+/// An agency not involved in the case learns nothing of its records from
+/// this check: it is told a referral is missing only from the referrals
+/// addressed to it (whatever other referrals exist), and everything else
+/// it sends is refused as not involved, as before.
 fn predecessor(
     view: &CaseView,
     event: &Event,
     body: &Body,
+    agency: Agency,
     corrected: Option<&Event>,
 ) -> Result<(), Rejection> {
     if let Some(target) = &event.corrects_event_id {
@@ -453,6 +459,29 @@ fn predecessor(
             ));
         }
         return Ok(());
+    }
+    if agency != Agency::PoliticalLegalCommittee && !involved(view, agency) {
+        let referral = match body {
+            Body::ReferralAccepted(b) => &b.referral_id,
+            Body::ReferralReturned(b) => &b.referral_id,
+            _ => return Ok(()),
+        };
+        if view
+            .referrals
+            .iter()
+            .any(|r| r.referral_id == *referral && r.to_agency == agency as i32)
+        {
+            return Ok(());
+        }
+        return Err(reject(
+            RejectionCode::PredecessorMissing,
+            format!(
+                "no referral {} to {} is in case {} yet; once its referral_issued is stored, publish this event again (the client library does so by itself); if none was sent, check the referral id",
+                shorten(referral),
+                agency_object(agency),
+                view.case_id
+            ),
+        ));
     }
     let exists =
         |prefix: &str, id: &str| find_obligation(view, &obligation_id(prefix, id)).is_some();

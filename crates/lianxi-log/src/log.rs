@@ -870,6 +870,10 @@ impl Log {
     /// duplicate and lookup indexes would be misread (an old `D` key is
     /// never found under the agency-scoped key, so a re-sent event would be
     /// applied twice and a lookup would say "not found, safe to publish").
+    ///
+    /// `append_group` and `receipt_for_event` check it on every call; a
+    /// node may call [`Log::check_storage_layout`] right after opening to
+    /// refuse at start.
     fn check_layout(&self, cp: &Checkpoint) -> Result<()> {
         let tree = &self.log_tree()?;
         match tree.get(keys::LAYOUT)? {
@@ -894,6 +898,13 @@ impl Log {
                 ),
             }),
         }
+    }
+
+    /// `Err(Error::Layout)`, saying what to do, when the data directory was
+    /// written with another storage layout than this version's (see
+    /// ARCHITECTURE.md, "Storage layout").
+    pub fn check_storage_layout(&self) -> Result<()> {
+        self.check_layout(&self.checkpoint())
     }
 
     /// The last stream sequence whose receipt the bus acknowledged.

@@ -35,12 +35,48 @@ fn an_answer_to_a_referral_not_yet_stored_waits_for_it_rather_than_being_not_inv
 }
 
 #[test]
-fn every_reference_to_a_record_not_yet_created_is_predecessor_missing() {
-    let police = || {
+fn an_agency_not_involved_learns_nothing_of_the_cases_records_from_predecessor_checks() {
+    // A referral r-1 exists, but to the police: for the court, r-1 is as
+    // missing as r-9 (same code, same words), so it cannot probe ids.
+    let s = || {
+        given(vec![
+            opening(),
+            ev("e-r", WF, T1, refer("r-1", POLICE, false)),
+        ])
+    };
+    let existing = s().then_reject(ev("e-2", COURT, T2, accept("r-1")), R::PredecessorMissing);
+    let absent = s().then_reject(ev("e-2", COURT, T2, accept("r-9")), R::PredecessorMissing);
+    assert_eq!(existing.reason.replace("r-1", "r-9"), absent.reason);
+    assert!(
+        existing.reason.contains("to the court"),
+        "{}",
+        existing.reason
+    );
+    // Any other reference by an agency not involved is not involved, exists or not.
+    let p = || {
         given(vec![
             opening(),
             ev("e-r", WF, T1, refer("r-1", POLICE, false)),
             ev("e-a", POLICE, T1, accept("r-1")),
+            ev("e-al", POLICE, T1, alarm("a-1", Area::Urban)),
+        ])
+    };
+    p().then_reject(ev("e-x", COURT, T2, dispatched("a-1")), R::NotPermitted);
+    p().then_reject(
+        ev("e-x", LABOUR, T2, labour_violation("i-1")),
+        R::NotInvolved,
+    );
+    p().then_reject(ev("e-x", JUSTICE, T2, lawyer("la-1")), R::NotInvolved);
+}
+
+#[test]
+fn every_reference_to_a_record_not_yet_created_is_predecessor_missing() {
+    // Each agency involved through an accepted referral.
+    let with = |a: Agency| {
+        given(vec![
+            opening(),
+            ev("e-r", WF, T1, refer("r-1", a, false)),
+            ev("e-a", a, T1, accept("r-1")),
         ])
     };
     for body in [
@@ -50,10 +86,11 @@ fn every_reference_to_a_record_not_yet_created_is_predecessor_missing() {
         visit("w-1"),
         checked("o-1"),
         violated("o-1"),
+        reported("act-1", ActionOutcome::Done),
     ] {
-        police().then_reject(ev("e-x", POLICE, T2, body), R::PredecessorMissing);
+        with(POLICE).then_reject(ev("e-x", POLICE, T2, body), R::PredecessorMissing);
     }
-    given(vec![opening()]).then_reject(
+    with(COURT).then_reject(
         ev(
             "e-x",
             COURT,
@@ -62,28 +99,24 @@ fn every_reference_to_a_record_not_yet_created_is_predecessor_missing() {
         ),
         R::PredecessorMissing,
     );
-    given(vec![opening()]).then_reject(
+    with(COURT).then_reject(
         ev("e-x", COURT, T2, changed("o-1", OrderChange::Revoked, None)),
         R::PredecessorMissing,
     );
-    given(vec![opening()]).then_reject(ev("e-x", CIVIL, T2, exited("p-1")), R::PredecessorMissing);
-    given(vec![opening()]).then_reject(
+    with(CIVIL).then_reject(ev("e-x", CIVIL, T2, exited("p-1")), R::PredecessorMissing);
+    with(LABOUR).then_reject(
         ev("e-x", LABOUR, T2, labour_violation("i-1")),
         R::PredecessorMissing,
     );
-    given(vec![opening()]).then_reject(
+    with(JUSTICE).then_reject(
         ev("e-x", JUSTICE, T2, aid_decided("la-1", true)),
         R::PredecessorMissing,
     );
-    given(vec![opening()]).then_reject(
+    with(JUSTICE).then_reject(
         ev("e-x", JUSTICE, T2, lawyer("la-1")),
         R::PredecessorMissing,
     );
     given(vec![opening()]).then_reject(ev("e-x", PLC, T2, held("m-1")), R::PredecessorMissing);
-    given(vec![opening()]).then_reject(
-        ev("e-x", POLICE, T2, reported("act-1", ActionOutcome::Done)),
-        R::PredecessorMissing,
-    );
     // A correction of an event not yet stored waits for it too.
     given(vec![opening()]).then_reject(
         corr("e-x", WF, T2, "e-later", risk(RiskLevel::High, 90)),

@@ -1314,7 +1314,10 @@ fn a_data_directory_of_the_old_layout_is_refused_not_misread() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), Policy::default()).unwrap();
     let e = opening("evt-1", "C-1", Agency::Police);
+    log.check_storage_layout().expect("a new directory is fine");
     log.append_group(&[publish(&e, 1)], &TEST_KEYS).unwrap();
+    log.check_storage_layout()
+        .expect("so is one this version wrote");
     // What a layout-1 directory looks like: no marker, `D` + event id.
     log.tree().remove(keys::LAYOUT).unwrap();
     log.tree()
@@ -1328,6 +1331,10 @@ fn a_data_directory_of_the_old_layout_is_refused_not_misread() {
     assert!(matches!(err, Error::Layout { .. }), "{err}");
     assert!(err.to_string().contains("empty one"), "{err}");
     assert!(log.receipt_for_event(Agency::Police, "evt-1").is_err());
+    assert!(matches!(
+        log.check_storage_layout(),
+        Err(Error::Layout { .. })
+    ));
     assert_eq!(log.checkpoint().stream_sequence, 1);
 }
 
