@@ -125,7 +125,13 @@ async fn an_event_ahead_of_another_agencys_earlier_event_is_re_sent_until_it_lan
     )
     .await
     .unwrap();
-    let early = event("pred-0", case, Agency::Police, T0 + 90, accept.body.clone().unwrap());
+    let early = event(
+        "pred-0",
+        case,
+        Agency::Police,
+        T0 + 90,
+        accept.body.clone().unwrap(),
+    );
     let r = once.publish(&early).await.unwrap();
     assert_eq!(
         (r.status, r.code),

@@ -37,8 +37,11 @@ fn open(data: &DataArgs) -> Result<Log> {
     let options = StoreOptions {
         cache_bytes: data.cache_mb.max(1) * 1024 * 1024,
     };
-    Log::open_with(data_dir, policy, options)
-        .with_context(|| format!("cannot open the log in {}", data_dir.display()))
+    let log = Log::open_with(data_dir, policy, options)
+        .with_context(|| format!("cannot open the log in {}", data_dir.display()))?;
+    log.check_storage_layout()
+        .with_context(|| format!("cannot use the log in {}", data_dir.display()))?;
+    Ok(log)
 }
 
 /// Runs `f` on the log, turning a panic of the storage library on a damaged

@@ -160,6 +160,10 @@ pub(crate) async fn run(config: ServeConfig) -> Result<()> {
         },
     )
     .with_context(|| format!("cannot open the log in {}", config.data_dir.display()))?;
+    // A data directory of another storage layout is refused before the node
+    // reads or serves anything from it.
+    log.check_storage_layout()
+        .with_context(|| format!("cannot use the log in {}", config.data_dir.display()))?;
     let signer = load_signer(
         config.signing_key.as_deref(),
         &config.data_dir,
