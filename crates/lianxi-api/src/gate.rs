@@ -45,13 +45,6 @@ pub const MAX_ECHO_CHARS: usize = 100;
 /// an access record's detail are kept.
 pub const MAX_MESSAGE_CHARS: usize = 1000;
 
-/// Characters that would change how a message reads on a terminal or a
-/// page: controls, and the invisible and bidirectional formatting marks.
-fn hidden(c: char) -> bool {
-    c.is_control()
-        || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
-}
-
 /// `s` with hidden characters escaped (`\n`, `\u{202e}`), cut to `max`
 /// characters; a cut value says how long it was.
 pub fn bounded(s: &str, max: usize) -> String {
@@ -61,7 +54,9 @@ pub fn bounded(s: &str, max: usize) -> String {
             out.push_str(&format!("... ({} characters in all)", s.chars().count()));
             break;
         }
-        if hidden(c) {
+        // Controls and invisible or bidirectional marks: the domain's one
+        // rule for text that would change how a message reads.
+        if lianxi_domain::is_unsafe_char(c) {
             out.extend(c.escape_default());
         } else {
             out.push(c);

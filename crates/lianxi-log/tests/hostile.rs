@@ -312,7 +312,7 @@ fn render(h: &Hostile) -> (String, Vec<u8>, Expect) {
             let want = if e.corrects_event_id.is_some() {
                 None
             } else {
-                Some(RejectionCode::UnknownCase)
+                Some(RejectionCode::PredecessorMissing)
             };
             (subject, e.encode_to_vec(), Expect::Rejected(want))
         }
