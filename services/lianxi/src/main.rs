@@ -14,6 +14,7 @@ mod serve;
 mod simulate;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use lianxi_proto::v1::Agency;
@@ -147,6 +148,12 @@ enum Command {
         /// (for when no node is running).
         #[arg(long)]
         no_wait: bool,
+        /// How long to keep re-sending an event rejected PREDECESSOR_MISSING
+        /// (an earlier event of its case, perhaps another agency's, is not
+        /// stored yet) before reporting the rejection. Later events of the
+        /// same case wait meanwhile.
+        #[arg(long, env = "LIANXI_PREDECESSOR_WAIT_SECS", default_value_t = 60)]
+        predecessor_wait_secs: u64,
     },
     /// Print a realistic, deterministic workload of a city's cases as JSON
     /// lines, for `lianxi publish`.
@@ -473,7 +480,11 @@ fn main() -> std::process::ExitCode {
                 quiet,
                 agency,
                 no_wait,
-            } => publish::run(&nats.nats_url, file, agency, !no_wait, quiet).await,
+                predecessor_wait_secs,
+            } => {
+                let wait = (!no_wait).then(|| Duration::from_secs(predecessor_wait_secs));
+                publish::run(&nats.nats_url, file, agency, wait, quiet).await
+            }
             Command::Simulate(args) => simulate::run(args),
             Command::Case {
                 case_id,

@@ -21,7 +21,9 @@ pub(crate) async fn run(
     nats_url: &str,
     file: Option<PathBuf>,
     agency: Option<Agency>,
-    wait: bool,
+    // `None`: do not wait for receipts; otherwise how long to re-send an
+    // event whose predecessor is missing.
+    wait: Option<std::time::Duration>,
     quiet: bool,
 ) -> Result<()> {
     let (name, reader): (String, Box<dyn BufRead>) = match file {
@@ -64,11 +66,12 @@ pub(crate) async fn run(
         );
     }
 
-    if !wait {
+    let Some(predecessor_wait) = wait else {
         return publish_only(nats_url, &events, quiet).await;
-    }
+    };
     let options = Options {
         agency,
+        predecessor_wait,
         name: "lianxi-publish".into(),
         ..Options::default()
     };
