@@ -35,89 +35,57 @@ fn described(files: &[Vec<u8>]) -> bool {
         .any(|f| has(f, "lianxi.v1") && has(f, "Cases") && has(f, "WatchCases"))
 }
 
-async fn v1(channel: Channel) -> (Vec<String>, bool) {
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
-    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    let mut client = ServerReflectionClient::new(channel);
-    let requests = vec![
-        ServerReflectionRequest {
-            host: String::new(),
-            message_request: Some(MessageRequest::ListServices(String::new())),
-        },
-        ServerReflectionRequest {
-            host: String::new(),
-            message_request: Some(MessageRequest::FileContainingSymbol(
-                "lianxi.v1.Cases".into(),
-            )),
-        },
-    ];
-    let mut replies = client
-        .server_reflection_info(tokio_stream::iter(requests))
-        .await
-        .expect("v1 reflection answers")
-        .into_inner();
-    let mut listed = Vec::new();
-    let mut files = Vec::new();
-    for _ in 0..2 {
-        let reply = replies
-            .message()
-            .await
-            .expect("a v1 reply")
-            .expect("the stream goes on");
-        match reply.message_response.expect("a message") {
-            MessageResponse::ListServicesResponse(l) => {
-                listed = l.service.into_iter().map(|s| s.name).collect()
+/// One reflection client per protocol version: the two generated APIs are
+/// the same but for their module, so one body serves both.
+macro_rules! reflect {
+    ($name:ident, $pb:ident) => {
+        async fn $name(channel: Channel) -> (Vec<String>, bool) {
+            use tonic_reflection::pb::$pb::ServerReflectionRequest;
+            use tonic_reflection::pb::$pb::server_reflection_client::ServerReflectionClient;
+            use tonic_reflection::pb::$pb::server_reflection_request::MessageRequest;
+            use tonic_reflection::pb::$pb::server_reflection_response::MessageResponse;
+            let version = stringify!($pb);
+            let mut client = ServerReflectionClient::new(channel);
+            let requests = vec![
+                ServerReflectionRequest {
+                    host: String::new(),
+                    message_request: Some(MessageRequest::ListServices(String::new())),
+                },
+                ServerReflectionRequest {
+                    host: String::new(),
+                    message_request: Some(MessageRequest::FileContainingSymbol(
+                        "lianxi.v1.Cases".into(),
+                    )),
+                },
+            ];
+            let mut replies = client
+                .server_reflection_info(tokio_stream::iter(requests))
+                .await
+                .unwrap_or_else(|e| panic!("{version} reflection answers (not UNIMPLEMENTED): {e}"))
+                .into_inner();
+            let mut listed = Vec::new();
+            let mut files = Vec::new();
+            for _ in 0..2 {
+                let reply = replies
+                    .message()
+                    .await
+                    .unwrap_or_else(|e| panic!("a {version} reply: {e}"))
+                    .expect("the stream goes on");
+                match reply.message_response.expect("a message") {
+                    MessageResponse::ListServicesResponse(l) => {
+                        listed = l.service.into_iter().map(|s| s.name).collect()
+                    }
+                    MessageResponse::FileDescriptorResponse(f) => files = f.file_descriptor_proto,
+                    other => panic!("unexpected {version} reply {other:?}"),
+                }
             }
-            MessageResponse::FileDescriptorResponse(f) => files = f.file_descriptor_proto,
-            other => panic!("unexpected v1 reply {other:?}"),
+            (listed, described(&files))
         }
-    }
-    (listed, described(&files))
+    };
 }
 
-async fn v1alpha(channel: Channel) -> (Vec<String>, bool) {
-    use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
-    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
-    let mut client = ServerReflectionClient::new(channel);
-    let requests = vec![
-        ServerReflectionRequest {
-            host: String::new(),
-            message_request: Some(MessageRequest::ListServices(String::new())),
-        },
-        ServerReflectionRequest {
-            host: String::new(),
-            message_request: Some(MessageRequest::FileContainingSymbol(
-                "lianxi.v1.Cases".into(),
-            )),
-        },
-    ];
-    let mut replies = client
-        .server_reflection_info(tokio_stream::iter(requests))
-        .await
-        .expect("v1alpha reflection answers (not UNIMPLEMENTED)")
-        .into_inner();
-    let mut listed = Vec::new();
-    let mut files = Vec::new();
-    for _ in 0..2 {
-        let reply = replies
-            .message()
-            .await
-            .expect("a v1alpha reply")
-            .expect("the stream goes on");
-        match reply.message_response.expect("a message") {
-            MessageResponse::ListServicesResponse(l) => {
-                listed = l.service.into_iter().map(|s| s.name).collect()
-            }
-            MessageResponse::FileDescriptorResponse(f) => files = f.file_descriptor_proto,
-            other => panic!("unexpected v1alpha reply {other:?}"),
-        }
-    }
-    (listed, described(&files))
-}
+reflect!(v1, v1);
+reflect!(v1alpha, v1alpha);
 
 #[tokio::test]
 async fn reflection_answers_in_v1_and_v1alpha() {

@@ -75,28 +75,19 @@ fn has_control(s: &str) -> bool {
     s.chars().any(char::is_control)
 }
 
-/// The strict properties (messages bounded, no control characters echoed,
-/// no page token the node never issued) hold for every input and are
-/// always asserted; the function names them where they are checked.
-pub fn pending_fixes_enforced() -> bool {
-    true
-}
-
 /// A reason or status message a person will read: present; short and
-/// free of control characters (with the pending fixes).
+/// free of control characters.
 pub fn check_message(what: &str, message: &str) {
     assert!(!message.trim().is_empty(), "{what}: empty message");
-    if pending_fixes_enforced() {
-        assert!(
-            message.len() < MAX_MESSAGE_BYTES,
-            "{what}: a {}-byte message",
-            message.len()
-        );
-        assert!(
-            !has_control(message),
-            "{what}: the message holds control characters: {message:?}"
-        );
-    }
+    assert!(
+        message.len() < MAX_MESSAGE_BYTES,
+        "{what}: a {}-byte message",
+        message.len()
+    );
+    assert!(
+        !has_control(message),
+        "{what}: the message holds control characters: {message:?}"
+    );
 }
 
 pub fn check_rejection(r: &Rejection) {

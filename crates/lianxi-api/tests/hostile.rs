@@ -71,13 +71,6 @@ fn config(cases: u32) -> ProptestConfig {
     c
 }
 
-/// The strict properties (messages bounded, no control characters echoed,
-/// no page token the node never issued) hold for every input and are
-/// always asserted; the function names them where they are checked.
-fn pending_fixes_enforced() -> bool {
-    true
-}
-
 /// The longest status message a client may get.
 const MAX_MESSAGE_BYTES: usize = 1024;
 
@@ -651,55 +644,17 @@ async fn send(caller: &Caller, call: &Call) -> Result<Reply, TestCaseError> {
     .await
 }
 
-/// The strings of a call that a reply might echo.
-fn strings(call: &Call) -> Vec<&str> {
-    match call {
-        Call::GetCase(m) => vec![&m.case_id],
-        Call::GetTimeline(m) => vec![&m.case_id],
-        Call::ListCases(m) => {
-            let mut v = vec![m.page_token.as_str()];
-            if let Some(f) = &m.filter {
-                v.push(&f.jurisdiction);
-            }
-            v
-        }
-        Call::GetAgenda(m) => vec![&m.jurisdiction],
-        Call::GetStats(m) => vec![&m.jurisdiction],
-        Call::WatchCase(m) => vec![&m.case_id],
-        Call::WatchCases(m) => m.filter.iter().map(|f| f.jurisdiction.as_str()).collect(),
-        Call::GetCaseAsOf(m) => vec![&m.case_id],
-        Call::ListAccess(m) => vec![&m.case_id, &m.principal],
-        _ => vec![],
-    }
-}
-
 fn has_control(s: &str) -> bool {
     s.chars().any(char::is_control)
 }
 
-/// The known defects this input would trigger, so that without the
-/// pending fixes those (and only those) assertions are skipped.
-struct Triggers {
-    long_input: bool,
-    control_input: bool,
-    garbage_token: bool,
+/// A ListCases page token the node never issued.
+fn garbage_token(call: &Call) -> bool {
+    matches!(call, Call::ListCases(m) if !m.page_token.is_empty()
+        && !NODE.cases.contains(&m.page_token))
 }
 
-fn triggers(caller: &Caller, call: &Call) -> Triggers {
-    let mut all = strings(call);
-    all.extend(caller.token.as_deref());
-    all.extend(caller.purpose.as_deref());
-    Triggers {
-        long_input: all.iter().any(|s| s.len() > 200),
-        control_input: all.iter().any(|s| has_control(s)),
-        garbage_token: matches!(call, Call::ListCases(m) if !m.page_token.is_empty()
-            && !NODE.cases.contains(&m.page_token)),
-    }
-}
-
-fn check(caller: &Caller, call: &Call, reply: &Reply) -> Result<(), TestCaseError> {
-    let strict = pending_fixes_enforced();
-    let t = triggers(caller, call);
+fn check(call: &Call, reply: &Reply) -> Result<(), TestCaseError> {
     match &reply.status {
         Ok(()) => {
             if let Some((n, asked)) = reply.page {
@@ -707,7 +662,7 @@ fn check(caller: &Caller, call: &Call, reply: &Reply) -> Result<(), TestCaseErro
                 prop_assert!(n <= limit, "{n} items for a page of {asked}");
                 prop_assert!(asked <= 1000, "page size {asked} accepted");
             }
-            if t.garbage_token && strict {
+            if garbage_token(call) {
                 // A token the node never issued: garbage, not a place to start.
                 if let Call::ListCases(m) = call {
                     prop_assert!(
@@ -726,34 +681,30 @@ fn check(caller: &Caller, call: &Call, reply: &Reply) -> Result<(), TestCaseErro
                     | Code::PermissionDenied
                     | Code::Unauthenticated
             );
-            if strict || !t.long_input {
-                prop_assert!(
-                    allowed,
-                    "{:?}: {} ({} bytes)",
-                    s.code(),
-                    s.message().chars().take(200).collect::<String>(),
-                    s.message().len()
-                );
-                prop_assert!(
-                    s.message().len() < MAX_MESSAGE_BYTES,
-                    "a {}-byte message ({:?}): {}...",
-                    s.message().len(),
-                    s.code(),
-                    s.message().chars().take(120).collect::<String>()
-                );
-            }
+            prop_assert!(
+                allowed,
+                "{:?}: {} ({} bytes)",
+                s.code(),
+                s.message().chars().take(200).collect::<String>(),
+                s.message().len()
+            );
+            prop_assert!(
+                s.message().len() < MAX_MESSAGE_BYTES,
+                "a {}-byte message ({:?}): {}...",
+                s.message().len(),
+                s.code(),
+                s.message().chars().take(120).collect::<String>()
+            );
             prop_assert!(
                 !s.message().trim().is_empty(),
                 "{:?} with no message",
                 s.code()
             );
-            if strict || !t.control_input {
-                prop_assert!(
-                    !has_control(s.message()),
-                    "the message holds control characters: {:?}",
-                    s.message().chars().take(200).collect::<String>()
-                );
-            }
+            prop_assert!(
+                !has_control(s.message()),
+                "the message holds control characters: {:?}",
+                s.message().chars().take(200).collect::<String>()
+            );
         }
     }
     Ok(())
@@ -796,7 +747,7 @@ proptest! {
     fn every_reply_is_a_clear_status(caller in caller(), call in call()) {
         NODE.rt.block_on(async {
             let reply = send(&caller, &call).await?;
-            check(&caller, &call, &reply)?;
+            check(&call, &reply)?;
             still_serving().await
         })?;
     }
@@ -810,13 +761,8 @@ proptest! {
             let caller = Caller { token: Some(CITY.into()), purpose: None };
             let call = Call::GetCase(GetCaseRequest { case_id: id.clone(), now });
             let reply = send(&caller, &call).await?;
-            check(&caller, &call, &reply)?;
+            check(&call, &reply)?;
             let well_formed = lianxi_domain::is_case_id(&id);
-            if id.len() > 200 && !pending_fixes_enforced() {
-                // The status echoes the id today (being fixed): only the
-                // node's liveness is checked for these.
-                return still_serving().await;
-            }
             match &reply.status {
                 Ok(()) => prop_assert!(NODE.cases.contains(&id)),
                 Err(s) if !well_formed => prop_assert_eq!(s.code(), Code::InvalidArgument),
@@ -831,8 +777,7 @@ proptest! {
     }
 
     /// Paging through ListCases with the tokens the node hands out visits
-    /// every case the caller sees once; a token it never issued is refused
-    /// (asserted with the pending fixes).
+    /// every case the caller sees once; a token it never issued is refused.
     #[test]
     fn page_tokens_walk_the_list_and_garbage_is_refused(
         size in 1u32..12,
@@ -873,11 +818,9 @@ proptest! {
                 page_size: size,
             });
             let reply = send(&caller, &call).await?;
-            check(&caller, &call, &reply)?;
-            if pending_fixes_enforced() {
-                let code = reply.status.as_ref().err().map(Status::code);
-                prop_assert_eq!(code, Some(Code::InvalidArgument), "garbage page token accepted");
-            }
+            check(&call, &reply)?;
+            let code = reply.status.as_ref().err().map(Status::code);
+            prop_assert_eq!(code, Some(Code::InvalidArgument), "garbage page token accepted");
             still_serving().await
         })?;
     }

@@ -54,13 +54,6 @@ fn config(cases: u32) -> ProptestConfig {
     c
 }
 
-/// The strict properties (messages bounded, no control characters echoed,
-/// no page token the node never issued) hold for every input and are
-/// always asserted; the function names them where they are checked.
-fn pending_fixes_enforced() -> bool {
-    true
-}
-
 /// The most bytes a rejection reason may have: it is shown to a clerk and
 /// sent in a receipt.
 const MAX_REASON_BYTES: usize = 1024;
@@ -222,8 +215,8 @@ fn has_control(s: &str) -> bool {
     s.chars().any(char::is_control)
 }
 
-/// Every rejection: a non-empty reason of bounded size; without control
-/// characters once the pending fixes are in.
+/// Every rejection: a non-empty reason of bounded size, without control
+/// characters.
 fn check_rejection(r: &Rejection) -> Result<(), TestCaseError> {
     prop_assert!(!r.reason.trim().is_empty(), "empty reason for {:?}", r.code);
     prop_assert!(
@@ -234,13 +227,11 @@ fn check_rejection(r: &Rejection) -> Result<(), TestCaseError> {
         r.reason.chars().take(120).collect::<String>()
     );
     prop_assert_ne!(r.code, RejectionCode::Unspecified, "reason: {}", r.reason);
-    if pending_fixes_enforced() {
-        prop_assert!(
-            !has_control(&r.reason),
-            "the reason echoes control characters: {:?}",
-            r.reason
-        );
-    }
+    prop_assert!(
+        !has_control(&r.reason),
+        "the reason echoes control characters: {:?}",
+        r.reason
+    );
     Ok(())
 }
 

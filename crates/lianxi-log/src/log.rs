@@ -633,22 +633,7 @@ impl Log {
                     return Ok(view.map(|v| (v, last, applied)));
                 }
                 after = entry.case_sequence;
-                let event = entry.event.clone().unwrap_or_default();
-                let prior = match entry_person(&entry) {
-                    Some(p) => self.prior_before(&p, entry.global_sequence)?,
-                    None => None,
-                };
-                let ctx = Context {
-                    policy: &self.inner.policy,
-                    prior_case: prior.as_ref(),
-                };
-                let meta = EntryMeta {
-                    global_sequence: entry.global_sequence,
-                    case_sequence: entry.case_sequence,
-                    recorded_at: entry.recorded_at.unwrap_or_default(),
-                    sealed: &entry.sealed,
-                };
-                view = Some(lianxi_domain::apply(&ctx, view, &event, &meta));
+                view = Some(self.replay(view, &entry)?);
                 last = entry.global_sequence;
                 applied += 1;
             }
@@ -656,6 +641,28 @@ impl Log {
                 return Ok(view.map(|v| (v, last, applied)));
             }
         }
+    }
+
+    /// The view after one stored entry, applied to the view before it, with
+    /// the person index as it stood then: one replay step for
+    /// [`Log::case_as_of`] and [`Log::case_views_through`].
+    fn replay(&self, view: Option<CaseView>, entry: &LogEntry) -> Result<CaseView> {
+        let event = entry.event.clone().unwrap_or_default();
+        let prior = match entry_person(entry) {
+            Some(p) => self.prior_before(&p, entry.global_sequence)?,
+            None => None,
+        };
+        let ctx = Context {
+            policy: &self.inner.policy,
+            prior_case: prior.as_ref(),
+        };
+        let meta = EntryMeta {
+            global_sequence: entry.global_sequence,
+            case_sequence: entry.case_sequence,
+            recorded_at: entry.recorded_at.unwrap_or_default(),
+            sealed: &entry.sealed,
+        };
+        Ok(lianxi_domain::apply(&ctx, view, &event, &meta))
     }
 
     /// Replays a case from its first entry through the entry with global
@@ -679,22 +686,7 @@ impl Log {
                     return Ok(());
                 }
                 after = entry.case_sequence;
-                let event = entry.event.clone().unwrap_or_default();
-                let prior = match entry_person(&entry) {
-                    Some(p) => self.prior_before(&p, entry.global_sequence)?,
-                    None => None,
-                };
-                let ctx = Context {
-                    policy: &self.inner.policy,
-                    prior_case: prior.as_ref(),
-                };
-                let meta = EntryMeta {
-                    global_sequence: entry.global_sequence,
-                    case_sequence: entry.case_sequence,
-                    recorded_at: entry.recorded_at.unwrap_or_default(),
-                    sealed: &entry.sealed,
-                };
-                let next = lianxi_domain::apply(&ctx, view, &event, &meta);
+                let next = self.replay(view, &entry)?;
                 each(&entry, &next);
                 view = Some(next);
             }
