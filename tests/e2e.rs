@@ -411,8 +411,7 @@ async fn a_restarted_node_neither_loses_nor_repeats_events() {
     }
 
     // Restart the bus as well: the stream is on disk.
-    let (store, port) = nats.stop();
-    let nats = Nats::start_with_store(store, port);
+    let nats = Nats::restart(nats.stop());
     let node = Node::start(&nats.url(), data.path());
     let mut client = node.client().await;
     let reply = case_after(&mut client, case, last).await;
@@ -655,9 +654,9 @@ async fn node_and_client_ride_out_a_nats_server_restart() {
     }
 
     // The bus goes down and comes back on the same port with its store.
-    let (store, port) = nats.stop();
+    let stopped = nats.stop();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let nats = Nats::start_with_store(store, port);
+    let nats = Nats::restart(stopped);
 
     // The same client and the same node carry on: receipts for new events,
     // in order, nothing lost, nothing repeated.

@@ -109,22 +109,13 @@ fn opening(id: &str, case: &str, secret: bool) -> Event {
 }
 
 /// Every file under `dir` that contains `needle`.
+/// The files under `dir` holding `needle`, as strings for the assertion's
+/// message.
 fn files_containing(dir: &Path, needle: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).unwrap_or_else(|e| panic!("read {}: {e}", d.display())) {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if let Ok(bytes) = std::fs::read(&path)
-                && bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
-            {
-                found.push(path.display().to_string());
-            }
-        }
-    }
-    found
+    support::files_containing(dir, needle.as_bytes())
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect()
 }
 
 async fn root(node: &Node) -> (u64, Vec<u8>) {
@@ -315,7 +306,8 @@ async fn an_erased_case_verifies_agrees_across_nodes_and_leaves_no_plaintext() {
     // Stop everything and read the files.
     assert!(a.stop().success());
     assert!(b.stop().success());
-    let (store, port) = nats.stop();
+    let stopped = nats.stop();
+    let store = &stopped.store;
     for dir in [a_dir.path(), b_dir.path()] {
         assert_eq!(files_containing(dir, LATE), Vec::<String>::new(), "{LATE}");
         let log = lianxi_log::Log::open(dir, lianxi_domain::Policy::default()).unwrap();
@@ -349,7 +341,7 @@ async fn an_erased_case_verifies_agrees_across_nodes_and_leaves_no_plaintext() {
     assert!(ok, "{out}\n{err}");
     let (ok, out, err) = lianxi(&["verify", "--data-dir", data], &[]);
     assert!(ok, "{out}\n{err}");
-    let nats = Nats::start_with_store(store, port);
+    let nats = Nats::restart(stopped);
     let a = Node::start(&nats.url(), a_dir.path());
     let view = a
         .client()

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use lianxi_proto::Timestamp;
 use lianxi_proto::v1::{self as pb, Agency, Event, ReceiptStatus, event::Body};
-use support::{LIANXI, Nats, Node, shipped_conf};
+use lianxi_testkit::Spawn;
+use support::{LIANXI, Nats, Node, free_port, shipped_conf};
 
 const T0: i64 = 1_793_000_000; // 2026-10-26
 
@@ -66,10 +67,6 @@ fn progress(id: &str, case: &str, t: i64) -> Event {
 /// A bus with the shipped development configuration.
 fn start_bus() -> Nats {
     Nats::start_with_config(&shipped_conf("lianxi-dev.conf"), &[])
-}
-
-fn restart_bus(store: tempfile::TempDir, port: u16) -> Nats {
-    Nats::restart_with_config(&shipped_conf("lianxi-dev.conf"), &[], store, port)
 }
 
 fn start_node(nats: &Nats, data: &std::path::Path) -> Node {
@@ -191,14 +188,14 @@ async fn lianxi_publish_with_its_defaults_rides_out_a_60_s_nats_outage_under_loa
     assert!(running);
     let before = on_stream(&js).await;
     drop(js);
-    let (store, port) = nats.stop();
+    let stopped = nats.stop();
     let outage = Instant::now();
     tokio::time::sleep(Duration::from_secs(60)).await;
     assert!(
         publish.try_wait().unwrap().is_none(),
         "lianxi publish gave up during a 60 s outage"
     );
-    let nats = restart_bus(store, port);
+    let nats = Nats::restart(stopped);
     let down = outage.elapsed();
 
     let started = Instant::now();
@@ -288,9 +285,9 @@ async fn the_client_library_loses_nothing_when_nats_server_is_killed_during_inge
         assert!(during, "the client finished before kill {k}");
         kills.push(on_stream(&js).await);
         drop(js);
-        let (store, port) = nats.stop();
+        let stopped = nats.stop();
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        nats = restart_bus(store, port);
+        nats = Nats::restart(stopped);
     }
     let results = tokio::time::timeout(Duration::from_secs(900), publishing)
         .await
@@ -438,50 +435,56 @@ fn user_env() -> Vec<(String, String)> {
     .collect()
 }
 
-/// One server of a three-server cluster from `deploy/nats/lianxi-cluster.conf`
-/// on this machine: its client port, cluster port and store.
-fn cluster_server(
-    i: usize,
-    ports: &[(u16, u16); 3],
-    store: tempfile::TempDir,
-) -> (std::process::Child, tempfile::TempDir) {
-    let mut env = user_env();
-    env.push(("LIANXI_NATS_SERVER_NAME".into(), format!("lianxi-nats-{i}")));
-    for (r, (_, cluster)) in ports.iter().enumerate() {
-        env.push((
-            format!("LIANXI_NATS_ROUTE_{}", r + 1),
-            format!("nats-route://127.0.0.1:{cluster}"),
-        ));
+/// A three-server cluster from `deploy/nats/lianxi-cluster.conf` on this
+/// machine. Each server picks its own client port; the route ports must be
+/// known to all three in advance, so they are probed free, and the whole
+/// cluster is started again on new ones when one was taken meanwhile.
+fn start_cluster() -> Vec<Nats> {
+    let mut last = None;
+    for _attempt in 0..5 {
+        let routes = [free_port(), free_port(), free_port()];
+        let mut servers = Vec::new();
+        for i in 0..3 {
+            let mut env = user_env();
+            env.push(("LIANXI_NATS_SERVER_NAME".into(), format!("lianxi-nats-{i}")));
+            for (r, port) in routes.iter().enumerate() {
+                env.push((
+                    format!("LIANXI_NATS_ROUTE_{}", r + 1),
+                    format!("nats-route://127.0.0.1:{port}"),
+                ));
+            }
+            let spawn = Spawn {
+                conf: Some(shipped_conf("lianxi-cluster.conf")),
+                // The file listens for routes on 0.0.0.0:6222; three
+                // servers on one machine need a port each.
+                args: vec![
+                    "-a".into(),
+                    "127.0.0.1".into(),
+                    "--cluster".into(),
+                    format!("nats://127.0.0.1:{}", routes[i]),
+                ],
+                envs: env,
+            };
+            match spawn.start(tempfile::tempdir().unwrap(), None) {
+                Ok(server) => servers.push(server),
+                Err(e) => {
+                    last = Some(e);
+                    break;
+                }
+            }
+        }
+        if servers.len() == 3 {
+            return servers;
+        }
     }
-    let log = std::fs::File::create(store.path().join("nats-server.log")).unwrap();
-    let child = Command::new(support::nats_server_bin())
-        .arg("-c")
-        .arg(shipped_conf("lianxi-cluster.conf"))
-        .args(["-a", "127.0.0.1", "-p", &ports[i].0.to_string()])
-        // The file listens for routes on 0.0.0.0:6222; three servers on one
-        // machine need a port each.
-        .args(["--cluster", &format!("nats://127.0.0.1:{}", ports[i].1)])
-        .arg("-sd")
-        .arg(store.path())
-        .envs(env)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    (child, store)
+    panic!("the cluster did not start: {}", last.expect("an error"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_r3_on_three_servers_one_killed_under_load_loses_nothing() {
-    let ports = [
-        (support::free_port(), support::free_port()),
-        (support::free_port(), support::free_port()),
-        (support::free_port(), support::free_port()),
-    ];
-    let mut servers: Vec<(std::process::Child, tempfile::TempDir)> = (0..3)
-        .map(|i| cluster_server(i, &ports, tempfile::tempdir().unwrap()))
-        .collect();
-    let url = |user: &str, i: usize| format!("nats://{user}:pw-{user}@127.0.0.1:{}", ports[i].0);
+    let mut servers = start_cluster();
+    let ports: Vec<u16> = servers.iter().map(|s| s.port).collect();
+    let url = |user: &str, i: usize| format!("nats://{user}:pw-{user}@127.0.0.1:{}", ports[i]);
     // Wait for the cluster to elect its JetStream leader.
     let started = Instant::now();
     loop {
@@ -547,9 +550,8 @@ async fn with_r3_on_three_servers_one_killed_under_load_loses_nothing() {
     let during = wait_until_on_stream(&js, total as u64 / 3, || publishing.is_finished()).await;
     assert!(during, "the client finished before the kill");
     let before = on_stream(&js).await;
-    let (mut killed, _store) = servers.remove(1);
-    killed.kill().unwrap();
-    killed.wait().unwrap();
+    // Dropping a server kills it (SIGKILL).
+    drop(servers.remove(1));
 
     let results = tokio::time::timeout(Duration::from_secs(900), publishing)
         .await
@@ -576,10 +578,7 @@ async fn with_r3_on_three_servers_one_killed_under_load_loses_nothing() {
     assert_eq!(replicas, 3);
     assert!(node.stop().success());
     let (entries, ids) = check_log(data.path(), &events);
-    for (mut child, _) in servers {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+    drop(servers);
     println!(
         "FAULT-TEST with_r3_on_three_servers_one_killed_under_load_loses_nothing: three servers \
          from lianxi-cluster.conf, streams R3; killed (SIGKILL) the server the client was \

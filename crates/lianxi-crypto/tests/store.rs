@@ -1,117 +1,33 @@
 //! The key store and the events purge against a real nats-server, one per
-//! test on a free port with a temporary store, killed on drop.
+//! test (`lianxi-testkit`: on a port it picked, with a temporary store),
+//! killed on drop.
 
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, stream};
+use async_nats::jetstream::stream;
 use lianxi_crypto::{Error, Kek, KeyStore, purge_case_messages};
+use lianxi_testkit::Nats;
 
 const BUCKET: &str = "LIANXI_KEYS";
 
-/// nats-server 2.10+: `NATS_SERVER_BIN`, then the one `scripts/test`
-/// installs under `<workspace>/.tools/`, then `PATH`.
-fn nats_server_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("NATS_SERVER_BIN") {
-        return PathBuf::from(p);
-    }
-    let local = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.tools/venv/bin/nats-server");
-    if local.exists() {
-        return local;
-    }
-    PathBuf::from("nats-server")
+/// What these tests ask of a server beyond `lianxi-testkit`'s.
+trait NatsExt {
+    /// A key store over a new client connection: each is a node.
+    async fn key_store(&self, kek: &Kek) -> KeyStore;
+    /// Waits (up to 5 s) until `needle` is found in the store's files (or
+    /// no longer found, with `present = false`): the server writes its
+    /// blocks asynchronously. Returns the files holding it at the end.
+    fn wait_on_disk(&self, needle: &[u8], present: bool) -> Vec<PathBuf>;
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free local port")
-}
-
-struct Nats {
-    child: Child,
-    port: u16,
-    store: tempfile::TempDir,
-}
-
-impl Nats {
-    fn start() -> Nats {
-        Nats::start_with_store(tempfile::tempdir().expect("temp dir"), free_port())
-    }
-
-    /// Starts a server on `port` over an existing store (for restarts).
-    fn start_with_store(store: tempfile::TempDir, port: u16) -> Nats {
-        let bin = nats_server_bin();
-        let child = Command::new(&bin)
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-            .arg(store.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start {}: {e}; run scripts/test (it installs nats-server) or set NATS_SERVER_BIN",
-                    bin.display()
-                )
-            });
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "nats-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Nats { child, port, store }
-    }
-
-    /// Stops the server and hands back its store, for a restart.
-    fn stop(mut self) -> (tempfile::TempDir, u16) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let store = std::mem::replace(&mut self.store, tempfile::tempdir().expect("temp dir"));
-        (store, self.port)
-    }
-
-    /// A new client connection: each is a node.
-    async fn jetstream(&self) -> jetstream::Context {
-        let client = async_nats::connect(format!("nats://127.0.0.1:{}", self.port))
-            .await
-            .expect("connect to nats");
-        jetstream::new(client)
-    }
-
+impl NatsExt for Nats {
     async fn key_store(&self, kek: &Kek) -> KeyStore {
         KeyStore::open(self.jetstream().await, BUCKET, 1, copy(kek))
             .await
             .expect("open the key store")
     }
 
-    /// The files under the server's store directory that contain `needle`.
-    fn files_containing(&self, needle: &[u8]) -> Vec<PathBuf> {
-        let mut found = Vec::new();
-        let mut dirs = vec![self.store.path().to_owned()];
-        while let Some(dir) = dirs.pop() {
-            for entry in std::fs::read_dir(&dir).expect("read store dir") {
-                let path = entry.expect("dir entry").path();
-                if path.is_dir() {
-                    dirs.push(path);
-                } else if let Ok(bytes) = std::fs::read(&path)
-                    && bytes.windows(needle.len()).any(|w| w == needle)
-                {
-                    found.push(path);
-                }
-            }
-        }
-        found
-    }
-
-    /// Waits (up to 5 s) until `needle` is found in the store's files (or
-    /// no longer found, with `present = false`): the server writes its
-    /// blocks asynchronously. Returns the files holding it at the end.
     fn wait_on_disk(&self, needle: &[u8], present: bool) -> Vec<PathBuf> {
         let started = Instant::now();
         loop {
@@ -121,13 +37,6 @@ impl Nats {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-    }
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -279,8 +188,7 @@ async fn destroy_leaves_no_copy_of_the_key_in_the_server_store() {
 
     // The same after the server stops and starts again on its files.
     drop(store);
-    let (dir, port) = nats.stop();
-    let nats = Nats::start_with_store(dir, port);
+    let nats = Nats::restart(nats.stop());
     assert!(nats.files_containing(&wrapped).is_empty());
     let store = nats.key_store(&kek).await;
     assert!(store.case_key("c-erase").await.unwrap().is_none());
