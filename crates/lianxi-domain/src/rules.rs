@@ -76,9 +76,10 @@ fn list_names(agencies: &[Agency]) -> String {
 /// the case does not exist yet). `corrected` is the event named by
 /// `corrects_event_id`, if the caller found it in the log.
 ///
-/// Checks run from the general to the specific: structure, existence of the
-/// case, closure, who may emit the body, involvement, then the body's own
-/// rules, so that the first reason a clerk reads is the one to fix first.
+/// Checks run from the general to the specific: structure, who may emit the
+/// body, existence of the case and involvement (one answer for both, see
+/// [`not_open_to`]), closure, then the body's own rules, so that the first
+/// reason a clerk reads is the one to fix first.
 pub fn decide(
     ctx: &Context<'_>,
     view: Option<&CaseView>,
@@ -100,21 +101,26 @@ pub fn decide(
     let correction = event.corrects_event_id.is_some();
     let case = &event.case_id;
 
+    // Who may send a body at all depends on nothing in the case, so it is
+    // said first, whether the case exists or not.
+    if let Some(allowed) = permitted_emitters(body)
+        && !allowed.contains(&agency)
+    {
+        return Err(reject(
+            RejectionCode::NotPermitted,
+            format!(
+                "{} may not send {}; only {} may",
+                agency_name(agency),
+                body_kind(body),
+                list_names(allowed)
+            ),
+        ));
+    }
+    let committee = agency == Agency::PoliticalLegalCommittee;
     let Some(view) = view else {
         return match body {
-            Body::CaseOpened(_) if correction => Err(reject(
-                RejectionCode::PredecessorMissing,
-                format!(
-                    "case {case} has not been opened yet, so there is no opening to correct; publish the opening first (a new case is opened without corrects_event_id), then this correction again"
-                ),
-            )),
-            Body::CaseOpened(_) => Ok(()),
-            _ => Err(reject(
-                RejectionCode::PredecessorMissing,
-                format!(
-                    "case {case} has not been opened yet; once its case_opened event is stored, publish this event again (the client library does so by itself)"
-                ),
-            )),
+            Body::CaseOpened(_) if !correction => Ok(()),
+            _ => Err(not_open_to(case, agency)),
         };
     };
     if view.case_id != *case {
@@ -134,6 +140,12 @@ pub fn decide(
             ),
         ));
     }
+    // No existence oracle: to an agency not involved, a case that exists
+    // and one that does not give the same answer, before anything about the
+    // case (closed, its lead, its records) is looked at.
+    if !committee && !involved(view, agency) && !answers_own_referral(view, body, agency) {
+        return Err(not_open_to(case, agency));
+    }
     let reopening = matches!(body, Body::CaseReopened(_)) && !correction;
     let personal_data = matches!(
         body,
@@ -147,21 +159,7 @@ pub fn decide(
             ),
         ));
     }
-    if let Some(allowed) = permitted_emitters(body)
-        && !allowed.contains(&agency)
-    {
-        return Err(reject(
-            RejectionCode::NotPermitted,
-            format!(
-                "{} may not send {}; only {} may",
-                agency_name(agency),
-                body_kind(body),
-                list_names(allowed)
-            ),
-        ));
-    }
-    predecessor(view, event, body, agency, corrected)?;
-    let committee = agency == Agency::PoliticalLegalCommittee;
+    predecessor(view, event, body, corrected)?;
     if matches!(body, Body::CaseClosed(_) | Body::CaseReopened(_))
         && !committee
         && view.lead != agency as i32
@@ -204,6 +202,35 @@ pub fn decide(
         return correction_rules(ctx, view, body, corrected);
     }
     body_rules(ctx, view, body, agency, at, case)
+}
+
+/// The one answer to an agency for a case that is not open to it: not
+/// opened yet, or opened and the agency not involved. The same code and the
+/// same words either way, so that nothing sent on the bus tells an agency
+/// whether another agency's case exists. The code is the retryable one: an
+/// opening or a referral on its way makes the same event land later.
+fn not_open_to(case: &str, agency: Agency) -> Rejection {
+    let who = agency_object(agency);
+    reject(
+        RejectionCode::PredecessorMissing,
+        format!(
+            "case {case} is not open to {who}: it has not been opened yet, or {who} is not involved in it; if its opening or a referral to {who} is on its way, publish this event again once that is stored (the client library does so by itself), otherwise ask the lead agency to refer the case"
+        ),
+    )
+}
+
+/// Whether `body` answers a referral of the case addressed to `agency` (an
+/// agency that returned a referral is no longer involved, yet its answer
+/// is about its own referral and may be judged on it).
+fn answers_own_referral(view: &CaseView, body: &Body, agency: Agency) -> bool {
+    let referral = match body {
+        Body::ReferralAccepted(b) => &b.referral_id,
+        Body::ReferralReturned(b) => &b.referral_id,
+        _ => return false,
+    };
+    view.referrals
+        .iter()
+        .any(|r| r.referral_id == *referral && r.to_agency == agency as i32)
 }
 
 /// The corrected event must be this agency's own event of the same kind in
@@ -436,15 +463,12 @@ fn missing_record(view: &CaseView, what: &str, id: &str, creator: &str) -> Rejec
 /// among the correcting agency's own events only (event ids are each
 /// agency's own), so another agency's event is never named here.
 ///
-/// An agency not involved in the case learns nothing of its records from
-/// this check: it is told a referral is missing only from the referrals
-/// addressed to it (whatever other referrals exist), and everything else
-/// it sends is refused as not involved, as before.
+/// An agency not involved in the case never reaches this check (see
+/// [`not_open_to`]), unless it answers a referral addressed to it.
 fn predecessor(
     view: &CaseView,
     event: &Event,
     body: &Body,
-    agency: Agency,
     corrected: Option<&Event>,
 ) -> Result<(), Rejection> {
     if let Some(target) = &event.corrects_event_id {
@@ -459,29 +483,6 @@ fn predecessor(
             ));
         }
         return Ok(());
-    }
-    if agency != Agency::PoliticalLegalCommittee && !involved(view, agency) {
-        let referral = match body {
-            Body::ReferralAccepted(b) => &b.referral_id,
-            Body::ReferralReturned(b) => &b.referral_id,
-            _ => return Ok(()),
-        };
-        if view
-            .referrals
-            .iter()
-            .any(|r| r.referral_id == *referral && r.to_agency == agency as i32)
-        {
-            return Ok(());
-        }
-        return Err(reject(
-            RejectionCode::PredecessorMissing,
-            format!(
-                "no referral {} to {} is in case {} yet; once its referral_issued is stored, publish this event again (the client library does so by itself); if none was sent, check the referral id",
-                shorten(referral),
-                agency_object(agency),
-                view.case_id
-            ),
-        ));
     }
     let exists =
         |prefix: &str, id: &str| find_obligation(view, &obligation_id(prefix, id)).is_some();

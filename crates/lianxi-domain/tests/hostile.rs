@@ -29,7 +29,7 @@ use lianxi_domain::{
     evaluate, event_subject, kind, matches, stats, summarize,
 };
 use lianxi_proto::Timestamp;
-use lianxi_proto::v1::{CaseFilter, CaseView, Event, RejectionCode, event::Body};
+use lianxi_proto::v1::{Agency, CaseFilter, CaseView, Event, RejectionCode, event::Body};
 use proptest::prelude::*;
 use proptest::test_runner::{FileFailurePersistence, RngSeed};
 use prost::Message;
@@ -606,6 +606,45 @@ proptest! {
         } else {
             prop_assert!(false, "{} accepted against case {}", e.event_id, other.case_id);
         }
+    }
+
+    /// No existence oracle on the bus: any event of the city, sent by an
+    /// agency not involved in its case (at any point of the case's life,
+    /// the final view included), gets exactly the answer it would get for
+    /// the same case not opened yet, unless it is an opening or answers a
+    /// referral addressed to that agency.
+    #[test]
+    fn an_agency_not_involved_gets_the_answer_for_a_case_never_opened(
+        i in good_index(),
+        agency in 1i32..=7,
+        final_view in any::<bool>(),
+    ) {
+        let c = city();
+        let ctx = ctx(&c.policy);
+        let (_, e, before) = &c.events[i];
+        let view = if final_view {
+            c.views.iter().find(|v| v.case_id == e.case_id).cloned()
+        } else {
+            before.clone()
+        };
+        let Some(view) = view else { return Ok(()) };
+        let mut e = e.clone();
+        e.agency = agency;
+        let opening = matches!(e.body, Some(Body::CaseOpened(_))) && e.corrects_event_id.is_none();
+        let answers_referral = matches!(e.body, Some(Body::ReferralAccepted(_) | Body::ReferralReturned(_)));
+        let involved = agency == Agency::PoliticalLegalCommittee as i32
+            || view.first_contact == agency
+            || view.lead == agency
+            || view.referrals.iter().any(|r| r.to_agency == agency)
+            || view.actions.iter().any(|x| x.owner == agency)
+            || view.obligations.iter().any(|o| o.owner == agency);
+        if opening || answers_referral || involved {
+            return Ok(());
+        }
+        let existing = decide(&ctx, Some(&view), &e, None);
+        let never = decide(&ctx, None, &e, None);
+        prop_assert_eq!(&existing, &never, "{} by agency {}", e.event_id, agency);
+        prop_assert!(existing.is_err());
     }
 
     /// Replays: a good event decided again against the view it produced

@@ -18,14 +18,21 @@ const T2: &str = "2026-03-02T11:00:00Z";
 
 // ------------------------------------------------------ predecessor missing
 
+/// What an agency is told for an event on a case that has not been opened.
+fn not_opened(agency: Agency, body: event::Body) -> Rejection {
+    given(vec![]).then_reject(ev("e-x", agency, T2, body), R::PredecessorMissing)
+}
+
 #[test]
 fn an_answer_to_a_referral_not_yet_stored_waits_for_it_rather_than_being_not_involved() {
     // The court is not involved in C-1 at all: only the referral it answers
-    // would make it so, and that referral has not arrived.
+    // would make it so, and that referral has not arrived. It is told what
+    // it would be told for a case not opened yet, and may wait.
     let r = given(vec![opening()])
-        .then_reject(ev("e-2", COURT, T1, accept("r-1")), R::PredecessorMissing);
-    assert!(r.reason.contains("referral r-1"), "{}", r.reason);
-    assert!(r.reason.contains("referral_issued"), "{}", r.reason);
+        .then_reject(ev("e-x", COURT, T1, accept("r-1")), R::PredecessorMissing);
+    assert_eq!(r.reason, not_opened(COURT, accept("r-1")).reason);
+    assert!(r.reason.contains("not open to the court"), "{}", r.reason);
+    assert!(r.reason.contains("a referral to the court"), "{}", r.reason);
     // Once the referral is stored, the same event is accepted.
     given(vec![
         opening(),
@@ -35,38 +42,60 @@ fn an_answer_to_a_referral_not_yet_stored_waits_for_it_rather_than_being_not_inv
 }
 
 #[test]
-fn an_agency_not_involved_learns_nothing_of_the_cases_records_from_predecessor_checks() {
+fn an_agency_not_involved_cannot_tell_a_case_that_exists_from_one_that_does_not() {
     // A referral r-1 exists, but to the police: for the court, r-1 is as
-    // missing as r-9 (same code, same words), so it cannot probe ids.
+    // missing as r-9, and the case as missing as one never opened (same
+    // code, same words), so it can probe neither ids nor cases.
     let s = || {
         given(vec![
             opening(),
             ev("e-r", WF, T1, refer("r-1", POLICE, false)),
         ])
     };
-    let existing = s().then_reject(ev("e-2", COURT, T2, accept("r-1")), R::PredecessorMissing);
-    let absent = s().then_reject(ev("e-2", COURT, T2, accept("r-9")), R::PredecessorMissing);
-    assert_eq!(existing.reason.replace("r-1", "r-9"), absent.reason);
-    assert!(
-        existing.reason.contains("to the court"),
-        "{}",
-        existing.reason
-    );
-    // Any other reference by an agency not involved is not involved, exists or not.
-    let p = || {
-        given(vec![
+    let existing = s().then_reject(ev("e-x", COURT, T2, accept("r-1")), R::PredecessorMissing);
+    let absent = s().then_reject(ev("e-x", COURT, T2, accept("r-9")), R::PredecessorMissing);
+    assert_eq!(existing.reason, absent.reason);
+    assert_eq!(existing.reason, not_opened(COURT, accept("r-1")).reason);
+    // Every other event of an agency not involved: the answer for a case
+    // not opened, whatever the case holds, closed or not.
+    let p = |closed_too: bool| {
+        let mut events = vec![
             opening(),
             ev("e-r", WF, T1, refer("r-1", POLICE, false)),
             ev("e-a", POLICE, T1, accept("r-1")),
             ev("e-al", POLICE, T1, alarm("a-1", Area::Urban)),
-        ])
+        ];
+        if closed_too {
+            events.push(ev("e-c", WF, T1, closed()));
+        }
+        given(events)
     };
-    p().then_reject(ev("e-x", COURT, T2, dispatched("a-1")), R::NotPermitted);
-    p().then_reject(
-        ev("e-x", LABOUR, T2, labour_violation("i-1")),
-        R::NotInvolved,
-    );
-    p().then_reject(ev("e-x", JUSTICE, T2, lawyer("la-1")), R::NotInvolved);
+    for closed_too in [false, true] {
+        for (agency, body) in [
+            (LABOUR, labour_violation("i-1")),
+            (JUSTICE, lawyer("la-1")),
+            (COURT, progress()),
+            (CIVIL, reported("act-1", ActionOutcome::Done)),
+            (COURT, closed()),
+            (WF, progress()),
+        ] {
+            if agency == WF {
+                // The opener is involved: it hears the case's own answer.
+                let r = p(closed_too).when(ev("e-x", agency, T2, body.clone()));
+                assert_eq!(r.is_err(), closed_too, "{r:?}");
+                continue;
+            }
+            let r = p(closed_too)
+                .then_reject(ev("e-x", agency, T2, body.clone()), R::PredecessorMissing);
+            assert_eq!(r.reason, not_opened(agency, body).reason);
+        }
+    }
+    // Who may send a body does not depend on the case: the same refusal
+    // for a case that exists and for one that does not.
+    let court_dispatch =
+        p(false).then_reject(ev("e-x", COURT, T2, dispatched("a-1")), R::NotPermitted);
+    let never = given(vec![]).then_reject(ev("e-x", COURT, T2, dispatched("a-1")), R::NotPermitted);
+    assert_eq!(court_dispatch.reason, never.reason);
 }
 
 #[test]
@@ -136,8 +165,6 @@ fn rejections_that_waiting_cannot_fix_keep_their_own_codes() {
         ),
         R::NotPermitted,
     );
-    // An agency not involved, on an event that refers to nothing.
-    given(vec![opening()]).then_reject(ev("e-x", COURT, T2, progress()), R::NotInvolved);
     // A closed case.
     given(vec![opening(), ev("e-c", WF, T1, closed())])
         .then_reject(ev("e-x", WF, T2, ret("r-9")), R::CaseClosed);

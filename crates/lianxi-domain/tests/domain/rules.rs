@@ -138,13 +138,14 @@ fn the_three_applicant_agencies_may_apply_for_an_order() {
 
 #[test]
 fn an_agency_not_involved_may_not_emit() {
+    // The same answer as for a case not opened yet (no existence oracle).
     let r = given(vec![opening()]).then_reject(
         ev("e-1", POLICE, T1, alarm("a-1", Area::Urban)),
-        R::NotInvolved,
+        R::PredecessorMissing,
     );
     assert_eq!(
         r.reason,
-        "Police is not involved in case C-1; ask the lead agency to refer it"
+        "case C-1 is not open to the police: it has not been opened yet, or the police is not involved in it; if its opening or a referral to the police is on its way, publish this event again once that is stored (the client library does so by itself), otherwise ask the lead agency to refer the case"
     );
 }
 
@@ -161,7 +162,7 @@ fn a_referral_target_is_involved_until_it_returns_the_referral() {
     returned.push(ev("e-ret", POLICE, T2, ret("r-1")));
     given(returned).then_reject(
         ev("e-1", POLICE, T3, alarm("a-1", Area::Urban)),
-        R::NotInvolved,
+        R::PredecessorMissing,
     );
 }
 
