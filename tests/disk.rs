@@ -89,9 +89,9 @@ fn mount_or_skip(test: &str, size_mb: u64) -> Option<Tmpfs> {
     match Tmpfs::mount(size_mb) {
         Ok(fs) => Some(fs),
         Err(e) => {
-            println!(
+            lianxi_testkit::fault_test(format!(
                 "FAULT-TEST {test}: SKIPPED, a tmpfs cannot be mounted here ({e}); run the tests as root to fill a real disk"
-            );
+            ));
             // The skip itself is the assertion: it says why.
             assert!(!e.is_empty());
             None
@@ -161,7 +161,7 @@ async fn a_full_disk_during_ingest_loses_nothing_and_the_node_resumes_when_space
     .await;
     let receipts = stream_messages(&js, "LIANXI_RECEIPTS").await;
     let reference = reference_head(&nats, last, &after[after.len() - 1].case_id).await;
-    println!(
+    lianxi_testkit::fault_test(format!(
         "FAULT-TEST {name}: filled a {}-byte tmpfs during ingest; health NOT_SERVING, reads UNAVAILABLE \"disk is full\"; freed it; {} events published, {} entries, {} receipts, lost: {}, duplicated: {}, roots equal: {}",
         filled,
         last,
@@ -170,7 +170,7 @@ async fn a_full_disk_during_ingest_loses_nothing_and_the_node_resumes_when_space
         reference.0.saturating_sub(head.0),
         head.0.saturating_sub(reference.0),
         head == reference
-    );
+    ));
     assert!(
         receipted,
         "every message gets one receipt: {receipts} of {last}"
@@ -254,14 +254,14 @@ async fn an_idle_node_on_a_full_disk_refuses_reads_and_serves_again_when_space_r
     assert!(node.is_running(), "the next event must not stop the node");
     let head = tree_head(&node.grpc_addr).await.expect("tree head");
     let reference = reference_head(&nats, last, &after[after.len() - 1].case_id).await;
-    println!(
+    lianxi_testkit::fault_test(format!(
         "FAULT-TEST {name}: filled the tmpfs under an idle node; a read was refused UNAVAILABLE naming the disk, health NOT_SERVING; freed it: health SERVING, {reads} reads answered or refused as expected, then {} more events landed ({} entries, lost: {}, duplicated: {}, roots equal: {})",
         after.len(),
         head.0,
         reference.0.saturating_sub(head.0),
         head.0.saturating_sub(reference.0),
         head == reference
-    );
+    ));
     assert_eq!(head, reference);
     node.stop();
     let (ok, out, err) = lianxi(&["verify", "--data-dir", data.to_str().unwrap()], &[]);
@@ -351,12 +351,12 @@ async fn a_start_on_a_full_disk_never_damages_the_data_directory() {
     );
     let node = Node::start(&nats.url(), &data);
     let again = tree_head(&node.grpc_addr).await.expect("tree head");
-    println!(
+    lianxi_testkit::fault_test(format!(
         "FAULT-TEST {name}: {trials} starts of `lianxi serve` on a full tmpfs ({exited} exited with an error, the others killed after 4 s), `lianxi verify` after each; space freed: verify ok, the node serves {} entries (before: {}), roots equal: {}",
         again.0,
         head.0,
         again == head
-    );
+    ));
     assert_eq!(again, head);
 }
 
@@ -449,9 +449,9 @@ async fn flipped_bytes_in_sled_files_end_in_a_clear_error_never_a_panic() {
             serve_silent += 1;
         }
     }
-    println!(
+    lianxi_testkit::fault_test(format!(
         "FAULT-TEST {name}: {trials} copies of a data directory with 6 bytes flipped in sled's db file each; verify failed on {verify_failed} naming the directory; serve refused {serve_refused} naming it, stayed up not ready behind its high-water mark (sled reopened an older state) on {serve_behind}, up not ready with damage named on {serve_damaged}, up without noticing at start on {serve_silent}; panics: 0, exit code 101: 0"
-    );
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -470,25 +470,57 @@ async fn a_lost_tail_is_noticed_at_start_and_read_again_before_the_node_serves()
     })
     .await;
     assert!(receipted);
+    // Reads, each recorded in the access log before it is answered.
+    for e in events.iter().step_by(10) {
+        case_after(&mut client, &e.case_id, 0).await;
+    }
     let head = tree_head(&node.grpc_addr).await.expect("tree head");
     node.stop();
+    // Counted on a copy: opening sled rewrites parts of its files.
+    let access_before = {
+        let probe = tempfile::tempdir().unwrap();
+        copy_dir(data.path(), probe.path());
+        let log = lianxi_log::Log::open(probe.path(), lianxi_domain::Policy::default()).unwrap();
+        log.access_log().verify().expect("the access log verifies")
+    };
 
-    // Cut the end of sled's file, as a lost write-back cache would.
+    // Cut the end of sled's file, as a lost write-back cache would. Where
+    // the cut lands decides what sled makes of it: an older state (the case
+    // this test is about) or damage it stops on (a clear error, tested by
+    // the flipped-bytes test). Cuts are tried on copies until one reopens.
+    let pristine = tempfile::tempdir().unwrap();
+    copy_dir(data.path(), pristine.path());
     let db = data.path().join("db");
     let len = std::fs::metadata(&db).unwrap().len();
-    let cut = len - (len / 8).max(64 * 1024);
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&db)
-        .unwrap()
-        .set_len(cut)
-        .unwrap();
-    let opened = lianxi_log::Log::open(data.path(), lianxi_domain::Policy::default());
-    let behind = match &opened {
-        Ok(log) => log.behind(),
-        Err(e) => panic!("a cut file must still open (sled reopens an older state): {e}"),
+    let mut damaged = Vec::new();
+    let mut reopened = None;
+    for divisor in [8, 16, 4, 32, 3, 64, 2] {
+        let cut = len - (len / divisor).max(64 * 1024).min(len / 2);
+        let _ = std::fs::remove_dir_all(data.path());
+        std::fs::create_dir_all(data.path()).unwrap();
+        copy_dir(pristine.path(), data.path());
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&db)
+            .unwrap()
+            .set_len(cut)
+            .unwrap();
+        match lianxi_log::Log::open(data.path(), lianxi_domain::Policy::default()) {
+            Ok(log) => {
+                reopened = Some((cut, log.behind(), log.access_log().lost()));
+                break;
+            }
+            Err(lianxi_log::Error::Damaged { detail, .. }) => damaged.push((cut, detail)),
+            Err(e) => panic!("a cut file opens or is damage, never {e}"),
+        }
+    }
+    let Some((cut, behind, access_lost)) = reopened else {
+        panic!("no cut reopened as an older state: {damaged:?}")
     };
-    drop(opened);
+    // Access records the cut took are noticed too (by their own mark).
+    if let Some(lost) = &access_lost {
+        assert_eq!(lost.had, access_before, "{lost:?}");
+    }
     let behind = behind.expect("the cut log must be noticed as behind its high-water mark");
     assert!(behind.have < head.0, "{behind:?}");
     let (ok, out, err) = lianxi(
@@ -508,18 +540,40 @@ async fn a_lost_tail_is_noticed_at_start_and_read_again_before_the_node_serves()
         "the node must catch up from the stream and serve"
     );
     let again = tree_head(&node.grpc_addr).await.expect("tree head");
-    println!(
-        "FAULT-TEST {name}: cut sled's db file from {len} to {cut} bytes after {} entries were receipted; the log reopened with {} (noticed: behind its high-water mark; offline verify FAILED); the node read the stream again and serves {} entries, roots equal: {}",
+    node.stop();
+    // Offline: the access log verifies, and a loss is recorded in it.
+    let gaps = {
+        let log = lianxi_log::Log::open(data.path(), lianxi_domain::Policy::default()).unwrap();
+        let access = log.access_log();
+        access
+            .verify()
+            .expect("the access log verifies after the gap is recorded");
+        let (all, _) = access
+            .list(&Default::default(), 100_000)
+            .expect("list the access log");
+        all.iter()
+            .filter(|r| r.method == lianxi_log::GAP_METHOD)
+            .map(|r| r.detail.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(gaps.len(), usize::from(access_lost.is_some()), "{gaps:?}");
+    lianxi_testkit::fault_test(format!(
+        "FAULT-TEST {name}: cut sled's db file from {len} to {cut} bytes after {} entries were receipted and {access_before} reads recorded (cuts tried before on copies that sled stopped on as damage, a clear error: {}); the log reopened with {} entries (noticed: behind its high-water mark; offline verify FAILED) and {} (gap records written at start: {}); the node read the stream again and serves {} entries, roots equal: {}",
         head.0,
+        damaged.len(),
         behind.have,
+        access_lost.as_ref().map_or_else(
+            || "every access record".to_owned(),
+            |l| format!("access records up to {} of {}", l.have, l.had)
+        ),
+        gaps.len(),
         again.0,
         again == head
-    );
+    ));
     assert_eq!(
         again, head,
         "after catching up, the node holds what it receipted"
     );
-    node.stop();
     let (ok, out, err) = lianxi(
         &["verify", "--data-dir", data.path().to_str().unwrap()],
         &[],
@@ -536,7 +590,14 @@ async fn a_backlog_drains_with_bounded_memory() {
     lianxi_ingest::ensure_stream(&js, 1)
         .await
         .expect("events stream");
-    let events = workload(49, 4000, "MEM");
+    // About 43,000 events by default; DISK_TEST_BACKLOG_CASES=74000 gives
+    // the 800,000-event backlog of RELIABILITY.md.
+    let cases: usize = std::env::var("DISK_TEST_BACKLOG_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4000);
+    let deadline = Duration::from_secs(600.max(cases as u64 / 20));
+    let events = workload(49, cases, "MEM");
     let last = publish_all(&js, &events).await;
     let data = tempfile::tempdir().unwrap();
     // The default unless DISK_TEST_CACHE_MB says otherwise (to compare).
@@ -552,7 +613,7 @@ async fn a_backlog_drains_with_bounded_memory() {
         let mut peak = 0;
         let mut samples = Vec::new();
         let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(600) {
+        while started.elapsed() < deadline {
             let rss = rss_kib(pid);
             if rss == 0 {
                 break;
@@ -565,7 +626,13 @@ async fn a_backlog_drains_with_bounded_memory() {
     });
     let started = Instant::now();
     let mut client = node.client().await;
-    case_after_long(&mut client, &events[events.len() - 1].case_id, last).await;
+    case_after_long(
+        &mut client,
+        &events[events.len() - 1].case_id,
+        last,
+        deadline,
+    )
+    .await;
     let drained = started.elapsed();
     let end_rss = rss_kib(node.pid());
     node.stop();
@@ -578,7 +645,7 @@ async fn a_backlog_drains_with_bounded_memory() {
             format!("{}", samples.get(i).copied().unwrap_or(0) / 1024)
         })
         .collect();
-    println!(
+    lianxi_testkit::fault_test(format!(
         "FAULT-TEST {name}: drained a backlog of {last} events in {:.1} s with --cache-mb {cache_mb}; resident memory {} MiB at start, {} MiB at each quarter of the drain, peak {} MiB ({} samples), {} MiB at the end",
         drained.as_secs_f64(),
         start_rss / 1024,
@@ -586,7 +653,7 @@ async fn a_backlog_drains_with_bounded_memory() {
         peak / 1024,
         samples.len(),
         end_rss / 1024
-    );
+    ));
     assert!(
         peak < 300 * 1024,
         "resident memory peaked at {} MiB",
@@ -599,6 +666,7 @@ async fn case_after_long(
     client: &mut lianxi_proto::v1::cases_client::CasesClient<tonic::transport::Channel>,
     case_id: &str,
     stream_sequence: u64,
+    deadline: Duration,
 ) {
     let started = Instant::now();
     loop {
@@ -612,10 +680,7 @@ async fn case_after_long(
         {
             return;
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(600),
-            "the backlog did not drain"
-        );
+        assert!(started.elapsed() < deadline, "the backlog did not drain");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

@@ -1129,9 +1129,23 @@ async fn police_and_court_using_one_event_id_each_get_their_own_case_and_receipt
             cr.global_sequence
         )
     );
-    println!(
-        "FAULT-TEST police_and_court_using_one_event_id_each_get_their_own_case_and_receipt: 2 agencies published event id shared-1 (+1 re-send): accepted 2, duplicates 1 (of the court's own), receipts naming the other agency's case: 0, lookups answered with the other agency's event: 0"
-    );
+    let receipts = [
+        (&pr, "DV-POLICE-1"),
+        (&cr, "DV-COURT-1"),
+        (&dr, "DV-COURT-1"),
+    ];
+    let count = |status: pb::ReceiptStatus| {
+        receipts
+            .iter()
+            .filter(|(r, _)| r.status == status as i32)
+            .count()
+    };
+    let crossed = receipts.iter().filter(|(r, own)| r.case_id != *own).count();
+    lianxi_testkit::fault_test(format!(
+        "FAULT-TEST police_and_court_using_one_event_id_each_get_their_own_case_and_receipt: 2 agencies published event id shared-1 (+1 re-send): accepted {}, duplicates {} (of the court's own), receipts naming the other agency's case: {crossed}, lookups answered with the other agency's event: 0",
+        count(pb::ReceiptStatus::Accepted),
+        count(pb::ReceiptStatus::Duplicate),
+    ));
 }
 
 #[tokio::test]
@@ -1206,10 +1220,10 @@ async fn messages_on_malformed_subjects_are_receipted_to_the_agency_of_their_tok
         stray.is_err(),
         "a receipt went to lianxi.v1.receipts.unknown"
     );
-    println!(
+    lianxi_testkit::fault_test(format!(
         "FAULT-TEST messages_on_malformed_subjects_are_receipted_to_the_agency_of_their_token: {} messages on malformed police subjects: receipted to police {}, to unknown 0, listed for police {}",
         published.len(),
         published.len(),
         published.len()
-    );
+    ));
 }

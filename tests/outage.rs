@@ -239,14 +239,14 @@ async fn lianxi_publish_with_its_defaults_rides_out_a_60_s_nats_outage_under_loa
     assert!(node.stop().success());
     let (entries, ids) = check_log(data.path(), &events);
     drop(nats);
-    println!(
+    lianxi_testkit::fault_test(format!(
         "FAULT-TEST lianxi_publish_with_its_defaults_rides_out_a_60_s_nats_outage_under_load: \
          killed nats-server (SIGKILL) with {before} of {total} events on the stream, restarted it \
          after {:.0} s; lianxi publish (defaults) exited 0: events {total}, accepted {accepted}, \
          duplicates {duplicates} (re-sent in the city {resent}), rejected 0, no receipt 0; \
          log entries {entries} = distinct ids {ids}, lost: 0, duplicated: 0, verify ok",
         down.as_secs_f64()
-    );
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -341,7 +341,7 @@ async fn the_client_library_loses_nothing_when_nats_server_is_killed_during_inge
         assert_eq!(&entry.event.unwrap().event_id, id);
     }
     drop(nats);
-    println!(
+    lianxi_testkit::fault_test(format!(
         "FAULT-TEST the_client_library_loses_nothing_when_nats_server_is_killed_during_ingest: \
          killed nats-server (SIGKILL) 3 times during ingest (at {kills:?} of {total} messages on \
          the stream), restarted after 1.5 s each, lianxi-dev.conf; client defaults: events {total}, \
@@ -350,7 +350,7 @@ async fn the_client_library_loses_nothing_when_nats_server_is_killed_during_inge
          duplicated: 0, every receipt's place holds its event",
         by_status.get("accepted").copied().unwrap_or(0),
         accepted_ids.len(),
-    );
+    ));
 }
 
 #[tokio::test]
@@ -579,11 +579,11 @@ async fn with_r3_on_three_servers_one_killed_under_load_loses_nothing() {
     assert!(node.stop().success());
     let (entries, ids) = check_log(data.path(), &events);
     drop(servers);
-    println!(
+    lianxi_testkit::fault_test(format!(
         "FAULT-TEST with_r3_on_three_servers_one_killed_under_load_loses_nothing: three servers \
          from lianxi-cluster.conf, streams R3; killed (SIGKILL) the server the client was \
          connected to with {before} of {total} events on the stream, not restarted; client \
          defaults: events {total}, accepted {accepted}, rejected 0, no receipt 0; log entries \
          {entries} = ids {ids}, lost: 0, duplicated: 0"
-    );
+    ));
 }

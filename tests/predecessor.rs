@@ -166,11 +166,11 @@ async fn an_event_ahead_of_another_agencys_earlier_event_is_re_sent_until_it_lan
         .map(|e| e.event.unwrap().event_id)
         .collect();
     assert_eq!(ids, ["pred-1", "pred-r0", "pred-2", "pred-3"]);
-    println!(
+    lianxi_testkit::fault_test(format!(
         "FAULT-TEST an_event_ahead_of_another_agencys_earlier_event_is_re_sent_until_it_lands: \
          police acceptance published 2 s before the referral it accepts; re-sent by the client \
          until accepted after {:.1} s; case entries 4 in order, rejected in the end 0",
         waited.as_secs_f64()
-    );
+    ));
     drop(nats);
 }

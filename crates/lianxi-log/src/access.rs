@@ -16,7 +16,19 @@
 //! A record and its index entries and the new head are one atomic batch,
 //! flushed before `append` returns. The head lets `verify` notice a record
 //! deleted from the end, which the chain alone cannot show.
+//!
+//! sled can lose a tail of its file and reopen an older state silently,
+//! head included. So after each flush the last flushed sequence and hash
+//! also go to `access-high-water` beside sled's files (two checksummed
+//! slots written in turn, each write fsynced: a torn write leaves the other
+//! slot). An access log found below that mark at open has lost records of
+//! who read what: `verify` fails naming them, and the node, at start,
+//! records the gap in the chain itself ([`AccessLog::record_gap`]), so the
+//! loss stays visible to every later reader of the access log.
 
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use lianxi_proto::Timestamp;
@@ -26,6 +38,9 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Location, Result};
 use crate::store::Store;
+
+/// The method of the record a node writes for access records it lost.
+pub const GAP_METHOD: &str = "lianxi.v1.AccessLog/Gap";
 
 /// The sled tree of the access log.
 pub(crate) const TREE: &str = "access.v1";
@@ -58,6 +73,11 @@ pub struct AccessLog {
 
 struct Inner {
     store: Arc<Store>,
+    /// The high-water mark beside sled's files.
+    mark: Mutex<Mark>,
+    /// Records the mark names that the log no longer holds, found at open
+    /// and not yet recorded as a gap.
+    lost: Mutex<Option<Lost>>,
     /// The last sequence and hash. Held while a record is chained and its
     /// batch applied, so concurrent callers form one chain in order.
     head: Mutex<Head>,
@@ -95,6 +115,182 @@ impl Head {
             sequence: u64::from_be_bytes(b[..8].try_into().ok()?),
             hash: b[8..].try_into().ok()?,
         })
+    }
+}
+
+/// The name of the access log's high-water mark file in the data directory.
+pub const ACCESS_HIGH_WATER_FILE: &str = "access-high-water";
+
+/// Access records the high-water mark names that the access log no longer
+/// holds: records `have + 1 ..= had` are gone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lost {
+    /// The last record the access log holds.
+    pub have: u64,
+    /// The last record the mark says was flushed.
+    pub had: u64,
+}
+
+impl std::fmt::Display for Lost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "access records {}..={} are missing: the access log ends at {}, but its high-water mark ({ACCESS_HIGH_WATER_FILE}) says record {} had been written; the record of who read what is incomplete (restore the data directory from a backup to recover them; a node started on it records the gap in the access log)",
+            self.have + 1,
+            self.had,
+            self.have,
+            self.had
+        )
+    }
+}
+
+/// The access log's high-water mark: two 64-byte slots of magic, sequence,
+/// hash and a checksum, written in turn with `pwrite` and `fdatasync`.
+struct Mark {
+    path: PathBuf,
+    file: Option<File>,
+    /// The slot the next write goes to.
+    next_slot: u64,
+    /// The generation of the slot last written; the newer slot is the one
+    /// of the higher generation.
+    generation: u64,
+    /// The sequence last written.
+    written: u64,
+}
+
+impl Mark {
+    const MAGIC: &'static [u8; 8] = b"lxaccv1\0";
+    const SLOT: u64 = 64;
+
+    fn encode(generation: u64, head: &Head) -> [u8; 64] {
+        let mut b = [0u8; 64];
+        b[..8].copy_from_slice(Self::MAGIC);
+        b[8..16].copy_from_slice(&generation.to_be_bytes());
+        b[16..24].copy_from_slice(&head.sequence.to_be_bytes());
+        b[24..56].copy_from_slice(&head.hash);
+        let check = Sha256::digest(&b[..56]);
+        b[56..64].copy_from_slice(&check[..8]);
+        b
+    }
+
+    /// A slot's generation (one more at each write) and head; `(0, EMPTY)`
+    /// for a slot never written (all zero); `None` for a torn or damaged
+    /// one.
+    fn decode(b: &[u8]) -> Option<(u64, Head)> {
+        if b.len() != 64 {
+            return None;
+        }
+        if b.iter().all(|x| *x == 0) {
+            return Some((0, Head::EMPTY));
+        }
+        if &b[..8] != Self::MAGIC || Sha256::digest(&b[..56])[..8] != b[56..64] {
+            return None;
+        }
+        Some((
+            u64::from_be_bytes(b[8..16].try_into().ok()?),
+            Head {
+                sequence: u64::from_be_bytes(b[16..24].try_into().ok()?),
+                hash: b[24..56].try_into().ok()?,
+            },
+        ))
+    }
+
+    /// Opens (or creates) the mark in `dir` and reads the newest valid slot.
+    fn open(dir: &Path) -> Result<(Mark, Head)> {
+        let path = dir.join(ACCESS_HIGH_WATER_FILE);
+        let err = |e| Error::HighWater {
+            path: path.display().to_string(),
+            source: e,
+        };
+        let existed = path.exists();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(err)?;
+        if !existed {
+            // Written, not just sized: later overwrites need no new blocks,
+            // so a full disk cannot refuse them.
+            file.write_all_at(&[0u8; 2 * Self::SLOT as usize], 0)
+                .map_err(err)?;
+            file.sync_all().map_err(err)?;
+            File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
+        }
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut &file, &mut bytes).map_err(err)?;
+        let slots: Vec<Option<(u64, Head)>> = (0..2)
+            .map(|i| {
+                bytes
+                    .get((i * 64) as usize..(i * 64 + 64) as usize)
+                    .and_then(Mark::decode)
+            })
+            .collect();
+        let (slot, (generation, head)) = match (&slots[0], &slots[1]) {
+            (Some(a), Some(b)) if b.0 > a.0 => (1, b.clone()),
+            (Some(a), _) => (0, a.clone()),
+            (None, Some(b)) => (1, b.clone()),
+            (None, None) => {
+                return Err(Error::Damaged {
+                    path: dir.display().to_string(),
+                    detail: format!(
+                        "the access log's high-water mark {} is damaged in both of its slots",
+                        path.display()
+                    ),
+                });
+            }
+        };
+        let mark = Mark {
+            path,
+            file: Some(file),
+            next_slot: 1 - slot,
+            generation,
+            written: head.sequence,
+        };
+        Ok((mark, head))
+    }
+
+    /// Raises the mark to `head` durably (a no-op if it is not higher).
+    fn raise(&mut self, head: &Head) -> Result<()> {
+        if head.sequence <= self.written {
+            return Ok(());
+        }
+        self.write(head)
+    }
+
+    /// Writes `head` as the mark durably, lower or not (after a gap is
+    /// recorded, the mark comes down to the log's new head).
+    fn write(&mut self, head: &Head) -> Result<()> {
+        let err = |e| Error::HighWater {
+            path: self.path.display().to_string(),
+            source: e,
+        };
+        let file = match &self.file {
+            Some(f) => f,
+            None => {
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&self.path)
+                    .map_err(err)?;
+                self.file.insert(f)
+            }
+        };
+        let written = file
+            .write_all_at(
+                &Mark::encode(self.generation + 1, head),
+                self.next_slot * Self::SLOT,
+            )
+            .and_then(|()| file.sync_data());
+        if let Err(e) = written {
+            // Open the file again next time (the disk may come back).
+            self.file = None;
+            return Err(err(e));
+        }
+        self.next_slot = 1 - self.next_slot;
+        self.generation += 1;
+        self.written = head.sequence;
+        Ok(())
     }
 }
 
@@ -168,8 +364,30 @@ impl AccessLog {
     pub(crate) fn open(store: Arc<Store>) -> Result<AccessLog> {
         let tree = store.handles()?.access;
         let head = read_head(&tree)?;
+        let (mark, marked) = Mark::open(store.path())?;
+        let lost = if marked.sequence > head.sequence {
+            Some(Lost {
+                have: head.sequence,
+                had: marked.sequence,
+            })
+        } else if marked.sequence == head.sequence && marked.hash != head.hash {
+            return Err(Error::Damaged {
+                path: store.path().display().to_string(),
+                detail: format!(
+                    "access record {} is not the one its high-water mark ({ACCESS_HIGH_WATER_FILE}) names: the access log was replaced or rewritten",
+                    head.sequence
+                ),
+            });
+        } else {
+            None
+        };
+        if let Some(lost) = &lost {
+            tracing::error!(data_dir = %store.path().display(), "{lost}");
+        }
         Ok(AccessLog {
             inner: Arc::new(Inner {
+                mark: Mutex::new(mark),
+                lost: Mutex::new(lost),
                 store,
                 flushed: Mutex::new(head.sequence),
                 head: Mutex::new(head),
@@ -206,6 +424,61 @@ impl AccessLog {
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = now.sequence;
         *head = now;
         Ok(())
+    }
+
+    /// Access records found missing at open (below the high-water mark) and
+    /// not yet recorded as a gap.
+    pub fn lost(&self) -> Option<Lost> {
+        self.inner
+            .lost
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Records a loss found at open in the chain itself: one record by the
+    /// node (principal `lianxi-node`, method `lianxi.v1.AccessLog/Gap`, not
+    /// allowed) saying which sequences were lost, at `at` (the node's
+    /// clock, like every access record). Afterwards the log is whole again
+    /// as a chain and `verify` passes; the gap stays in it for every reader.
+    /// Returns the gap record, or `None` when nothing was lost.
+    pub fn record_gap(&self, at: Timestamp) -> Result<Option<AccessRecord>> {
+        let Some(lost) = self.lost() else {
+            return Ok(None);
+        };
+        let record = self.append(AccessRecord {
+            at: Some(at),
+            principal: "lianxi-node".into(),
+            method: GAP_METHOD.into(),
+            allowed: false,
+            detail: format!(
+                "access records {}..={} were lost from this node's access log (found when the data directory was opened: sled's files held {} records, the access log's high-water mark {}); who read what in them is unknown",
+                lost.have + 1,
+                lost.had,
+                lost.have,
+                lost.had
+            ),
+            ..AccessRecord::default()
+        })?;
+        // The mark still names the lost records; it comes down to the gap
+        // record, so the next open does not report them again.
+        let head = self
+            .inner
+            .head
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        self.inner
+            .mark
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .write(&head)?;
+        *self
+            .inner
+            .lost
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
+        Ok(Some(record))
     }
 
     /// Appends a record: sets its sequence (the last one + 1), previous hash
@@ -268,14 +541,22 @@ impl AccessLog {
             return Ok(());
         }
         // Everything applied so far is covered by this flush.
-        let upto = self
+        let upto_head = self
             .inner
             .head
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .sequence;
+            .clone();
+        let upto = upto_head.sequence;
         let store = &self.inner.store;
         store.note(store.handles()?.db.flush())?;
+        // Not done until the mark says so: a record the mark does not cover
+        // could be lost with sled's tail unnoticed.
+        self.inner
+            .mark
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .raise(&upto_head)?;
         let mut done = self
             .inner
             .flushed
@@ -380,6 +661,12 @@ impl AccessLog {
             .head
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(lost) = self.lost() {
+            return Err(Error::Corruption {
+                at: Location::Access(lost.have + 1),
+                detail: lost.to_string(),
+            });
+        }
         let tree = &self.access_tree()?;
         let mut prev = [0u8; 32];
         let mut expected = 1u64;

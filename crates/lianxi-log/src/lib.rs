@@ -23,7 +23,7 @@ mod merkle;
 mod receipts;
 mod store;
 
-pub use access::{AccessLog, access_hash};
+pub use access::{ACCESS_HIGH_WATER_FILE, AccessLog, GAP_METHOD, Lost, access_hash};
 pub use checkpoint::{
     CheckpointError, CheckpointSigner, SignedCheckpoint, checkpoint_body, generate_signing_key,
     open_checkpoint, parse_checkpoint,

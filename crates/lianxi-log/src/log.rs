@@ -163,6 +163,20 @@ pub struct RebuildReport {
     pub cases: u64,
 }
 
+/// What [`Log::repair_to_checkpoint`] changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct RepairReport {
+    /// Entries past the checkpoint, removed (read again from the stream).
+    pub(crate) entries_removed: u64,
+    /// Rejection and duplicate records and marks past it, removed.
+    pub(crate) records_removed: u64,
+    /// Set when entries up to the checkpoint were lost too: the checkpoint
+    /// it stepped back from (to the intact prefix).
+    pub(crate) stepped_back_from: Option<u64>,
+    /// Cases whose views were rebuilt.
+    pub(crate) cases: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifyReport {
     pub entries: u64,
@@ -202,7 +216,7 @@ struct Inner {
     /// link, a checkpoint its entries do not match): the log is not written
     /// to, and the node reports it, while what is there stays readable for
     /// an investigation.
-    damage: Option<String>,
+    damage: Mutex<Option<String>>,
 }
 
 /// A log found below its high-water mark: it holds `have` entries, but
@@ -261,20 +275,36 @@ impl Log {
     /// compared with its high-water mark: a log below it is `behind` until
     /// it has read the lost tail from the stream again.
     pub fn open_with(path: &Path, policy: Policy, options: StoreOptions) -> Result<Log> {
+        Log::open_checked(path, policy, options).map_err(|e| match e {
+            // sled finds some damage only when a record is first read.
+            Error::Storage(sled::Error::Corruption { at, .. }) => Error::Damaged {
+                path: path.display().to_string(),
+                detail: match at {
+                    Some(at) => format!("sled reports corruption at {at:?} while reading it"),
+                    None => "sled reports corruption while reading it".into(),
+                },
+            },
+            e => e,
+        })
+    }
+
+    fn open_checked(path: &Path, policy: Policy, options: StoreOptions) -> Result<Log> {
         let store = Arc::new(Store::open(path, options)?);
         let tree = store.handles()?.log;
         let checkpoint = store::guard(path, || read_checkpoint(&tree))?;
-        let damage = match store::guard(path, || check_tail(&tree, &checkpoint)) {
-            Ok(()) => None,
-            Err(e @ (Error::Corruption { .. } | Error::Damaged { .. })) => {
-                let e = damaged(path, e);
-                tracing::error!(data_dir = %path.display(), "{e}; the node does not write to it");
-                Some(e.to_string())
-            }
-            Err(e) => return Err(e),
+        let high_water = HighWater::read(path)?;
+        let below_mark = high_water.as_ref().is_some_and(|hw| {
+            hw.global_sequence > checkpoint.global_sequence
+                || hw.stream_sequence > checkpoint.stream_sequence
+        });
+        // Below its high-water mark, derived records may be from any moment
+        // (see `repair_to_checkpoint`); the tail is judged after the repair.
+        let damage = if below_mark {
+            None
+        } else {
+            tail_damage(path, &tree, &checkpoint)?
         };
         drop(tree);
-        let high_water = HighWater::read(path)?;
         let behind = high_water
             .as_ref()
             .filter(|hw| {
@@ -300,13 +330,40 @@ impl Log {
                 published: Mutex::new(checkpoint),
                 high_water: Mutex::new(high_water),
                 behind: Mutex::new(behind),
-                damage,
+                damage: Mutex::new(damage),
             }),
         };
         if log.behind().is_none() {
             log.check_high_water()?;
         }
         Ok(log)
+    }
+
+    /// Before a log below its high-water mark reads the stream again: makes
+    /// the store what a log that stopped at its checkpoint would hold
+    /// ([`Log::repair_to_checkpoint`]), then checks the newest entries as
+    /// `open` does. sled's older state is not a prefix of the log (pages of
+    /// one tree survive from different moments), so only the checkpoint and
+    /// the entries up to it are taken as they are. What cannot be repaired
+    /// is damage: the log then refuses to grow ([`Log::damage`]). Does
+    /// nothing for a log that is not behind. `serve` calls it; offline
+    /// commands leave the directory as it is.
+    pub fn prepare_catch_up(&self) -> Result<()> {
+        if self.behind().is_none() || self.damage().is_some() {
+            return Ok(());
+        }
+        let path = self.path().to_owned();
+        let found = match store::guard(&path, || self.repair_to_checkpoint()) {
+            Ok(_) => tail_damage(&path, &self.log_tree()?, &self.checkpoint())?,
+            Err(e @ (Error::Corruption { .. } | Error::Damaged { .. })) => {
+                let e = damaged(&path, e);
+                tracing::error!(data_dir = %path.display(), "{e}; the node does not write to it");
+                Some(e.to_string())
+            }
+            Err(e) => return Err(e),
+        };
+        *self.inner.damage.lock().unwrap_or_else(|p| p.into_inner()) = found;
+        Ok(())
     }
 
     fn handles(&self) -> Result<store::Handles> {
@@ -330,8 +387,12 @@ impl Log {
 
     /// Damage found among the newest entries at open: the log refuses to
     /// grow; restore the directory or re-seed it from the stream.
-    pub fn damage(&self) -> Option<&str> {
-        self.inner.damage.as_deref()
+    pub fn damage(&self) -> Option<String> {
+        self.inner
+            .damage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Set while the log is below what the node had already receipted or
@@ -470,10 +531,8 @@ impl Log {
     /// is hashed; a missing key is an error (`Error::KeyUnavailable`) and
     /// nothing is written, so the caller can fetch it and try again.
     pub fn append_group(&self, group: &[Incoming], keys: &GroupKeys) -> Result<GroupReport> {
-        if let Some(damage) = &self.inner.damage {
-            return Err(Error::Unwritable {
-                reason: damage.clone(),
-            });
+        if let Some(damage) = self.damage() {
+            return Err(Error::Unwritable { reason: damage });
         }
         let mut cp = self.writer();
         self.check_layout(&cp)?;
@@ -941,6 +1000,147 @@ impl Log {
                 .insert(keys::RECEIPTS_SENT, &stream_sequence.to_be_bytes()),
         )?;
         Ok(())
+    }
+
+    /// After a lost tail (the log is below its high-water mark): makes the
+    /// store what a log that stopped at its checkpoint would hold. Entries
+    /// past the checkpoint are removed; the per-case, dedup and stream
+    /// indexes are written again from the entries up to it; rejection and
+    /// duplicate records, rejected-id and pending-erasure marks past the
+    /// checkpoint's stream sequence are removed (the stream is read again
+    /// from there and writes them anew); then views, the person index and
+    /// the Merkle tree are rebuilt. Without this, a view or dedup record
+    /// that survived from after the checkpoint would make the re-read
+    /// events be judged against the future, and the log never catch up.
+    ///
+    /// Where entries up to the checkpoint were lost too, the log steps back
+    /// to its intact prefix (dense and chained from entry 1): the checkpoint
+    /// becomes its last entry's, and the stream is read from there. The
+    /// high-water mark then decides, once the log has grown past it again,
+    /// whether the re-read entries are the ones the node had vouched for.
+    pub(crate) fn repair_to_checkpoint(&self) -> Result<RepairReport> {
+        let cp = self.checkpoint();
+        let tree = &self.log_tree()?;
+        let mut batch = sled::Batch::default();
+        let mut report = RepairReport::default();
+        for prefix in [keys::CASE_INDEX, keys::DEDUP, keys::BY_STREAM] {
+            for item in tree.scan_prefix([prefix]) {
+                let (k, _) = item?;
+                batch.remove(k);
+            }
+        }
+        // The intact prefix: dense and chained from entry 1, at most up to
+        // the checkpoint. Everything after its first gap or broken link is
+        // removed and read from the stream again.
+        let mut kept: Option<LogEntry> = None;
+        let mut cut = false;
+        for item in tree.scan_prefix([keys::ENTRY]) {
+            let (k, v) = item?;
+            let entry = match decode_entry(&k, &v) {
+                Ok(e) if !cut => e,
+                _ => {
+                    cut = true;
+                    batch.remove(k);
+                    report.entries_removed += 1;
+                    continue;
+                }
+            };
+            let expected = kept.as_ref().map_or(1, |e| e.global_sequence + 1);
+            let links = kept
+                .as_ref()
+                .map_or(entry.prev_hash.iter().all(|b| *b == 0), |e| {
+                    e.hash == entry.prev_hash
+                });
+            if entry.global_sequence > cp.global_sequence
+                || entry.global_sequence != expected
+                || !links
+            {
+                cut = true;
+                batch.remove(k);
+                report.entries_removed += 1;
+                continue;
+            }
+            let event = entry.event.clone().unwrap_or_default();
+            let g = entry.global_sequence.to_be_bytes();
+            batch.insert(keys::case_index(&event.case_id, entry.case_sequence), &g);
+            batch.insert(
+                keys::scoped(keys::DEDUP, agency_of(&event), &event.event_id),
+                &g,
+            );
+            batch.insert(&keys::seq(keys::BY_STREAM, entry.stream_sequence), &g);
+            kept = Some(entry);
+        }
+        let kept_size = kept.as_ref().map_or(0, |e| e.global_sequence);
+        let cp = if kept_size == cp.global_sequence {
+            cp
+        } else {
+            // Entries the checkpoint covered were lost too: the log steps
+            // back to its intact prefix and reads on from the stream
+            // sequence of its last entry.
+            let back = Checkpoint {
+                stream_sequence: kept.as_ref().map_or(0, |e| e.stream_sequence),
+                global_sequence: kept_size,
+                last_hash: kept
+                    .as_ref()
+                    .map_or_else(|| vec![0; 32], |e| e.hash.clone()),
+            };
+            if back.global_sequence == 0 {
+                batch.remove(keys::CHECKPOINT);
+            } else {
+                batch.insert(keys::CHECKPOINT, back.encode_to_vec());
+            }
+            report.stepped_back_from = Some(cp.global_sequence);
+            back
+        };
+        let past = |v: &[u8]| keys::be_u64(v).is_some_and(|s| s > cp.stream_sequence);
+        for prefix in [keys::REJECTION, keys::DUPLICATE] {
+            for item in tree.scan_prefix([prefix]) {
+                let (k, _) = item?;
+                if past(&k[1..]) {
+                    batch.remove(k);
+                    report.records_removed += 1;
+                }
+            }
+        }
+        for prefix in [keys::REJECTED_ID, keys::ERASURE_PENDING] {
+            for item in tree.scan_prefix([prefix]) {
+                let (k, v) = item?;
+                if past(&v) {
+                    batch.remove(k);
+                    report.records_removed += 1;
+                }
+            }
+        }
+        tree.apply_batch(batch)?;
+        if report.stepped_back_from.is_some() {
+            *self.inner.writer.lock().unwrap_or_else(|p| p.into_inner()) = cp.clone();
+            *self
+                .inner
+                .published
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = cp.clone();
+            if let Some(b) = self
+                .inner
+                .behind
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_mut()
+            {
+                b.have = cp.global_sequence;
+            }
+        }
+        let rebuilt = self.rebuild()?;
+        report.cases = rebuilt.cases;
+        tracing::warn!(
+            data_dir = %self.path().display(),
+            checkpoint = cp.global_sequence,
+            stepped_back_from = ?report.stepped_back_from,
+            entries_removed = report.entries_removed,
+            records_removed = report.records_removed,
+            cases = report.cases,
+            "after a lost tail: indexes and views recomputed from the entries up to the checkpoint; reading the stream again from there"
+        );
+        Ok(report)
     }
 
     /// Recreates every view (and the person index they depend on) and the
@@ -1969,6 +2169,19 @@ fn read_checkpoint(tree: &sled::Tree) -> Result<Checkpoint> {
 /// reopens as a mix of old and new state (a checkpoint ahead of its
 /// entries, an entry missing near the end) is caught here, at start, not
 /// by a client later.
+/// The damage `check_tail` finds, as the reason the log refuses to grow.
+fn tail_damage(path: &Path, tree: &sled::Tree, cp: &Checkpoint) -> Result<Option<String>> {
+    match store::guard(path, || check_tail(tree, cp)) {
+        Ok(()) => Ok(None),
+        Err(e @ (Error::Corruption { .. } | Error::Damaged { .. })) => {
+            let e = damaged(path, e);
+            tracing::error!(data_dir = %path.display(), "{e}; the node does not write to it");
+            Ok(Some(e.to_string()))
+        }
+        Err(e) => Err(e),
+    }
+}
+
 fn check_tail(tree: &sled::Tree, cp: &Checkpoint) -> Result<()> {
     let last = cp.global_sequence;
     if last == 0 {

@@ -603,9 +603,9 @@ fn every_kind_of_hostile_message_at_once() {
     assert_eq!(log.rejections(0, 1000).expect("rejections").len(), rejected);
     let report = log.verify().expect("the log verifies");
     assert_eq!(report.entries, n as u64);
-    println!(
+    lianxi_testkit::fault_test(format!(
         "FAULT-TEST every_kind_of_hostile_message_at_once: {} messages ({n} good, {count} hostile of 9 kinds) in groups of 7 through a real sled log: accepted {accepted}, rejected {rejected} (each with a stored record and reason), duplicates {duplicates}, lost: 0, log verifies, {} entries",
         messages.len(),
         report.entries
-    );
+    ));
 }

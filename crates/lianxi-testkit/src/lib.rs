@@ -295,6 +295,41 @@ pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
     found
 }
 
+/// Where [`fault_test`] collects its lines: `target/fault-tests.txt` of the
+/// workspace, or `LIANXI_FAULT_REPORT`. `scripts/test` empties it before
+/// the run and prints it after, so the CI log shows what each fault test
+/// did and counted (cargo captures a passing test's own output).
+pub fn fault_report_path() -> PathBuf {
+    std::env::var_os("LIANXI_FAULT_REPORT").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/fault-tests.txt"),
+        PathBuf::from,
+    )
+}
+
+/// Reports what a fault test did and checked: one line, which must start
+/// with `FAULT-TEST <test name>:`, printed and appended to
+/// [`fault_report_path`] (one write, so lines of parallel tests do not mix).
+pub fn fault_test(line: impl AsRef<str>) {
+    use std::io::Write;
+    let line = line.as_ref();
+    assert!(
+        line.starts_with("FAULT-TEST "),
+        "a fault test's line starts with FAULT-TEST <name>: {line}"
+    );
+    println!("{line}");
+    let path = fault_report_path();
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+    {
+        let _ = f.write_all(format!("{line}\n").as_bytes());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

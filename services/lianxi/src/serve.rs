@@ -164,6 +164,40 @@ pub(crate) async fn run(config: ServeConfig) -> Result<()> {
     // reads or serves anything from it.
     log.check_storage_layout()
         .with_context(|| format!("cannot use the log in {}", config.data_dir.display()))?;
+    // A log below its high-water mark (sled lost a tail) is made what it
+    // was at its checkpoint before it reads the stream again.
+    log.prepare_catch_up().with_context(|| {
+        format!(
+            "cannot prepare the log in {} to read the stream again",
+            config.data_dir.display()
+        )
+    })?;
+    // Access records lost with a tail of sled's files (below the access
+    // log's high-water mark) are recorded as a gap before anything is
+    // served, so the loss stays in the record of who read what.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    if let Some(gap) = log
+        .access_log()
+        .record_gap(lianxi_proto::Timestamp {
+            seconds: now.as_secs() as i64,
+            nanos: now.subsec_nanos() as i32,
+        })
+        .with_context(|| {
+            format!(
+                "cannot record the access records lost from {}",
+                config.data_dir.display()
+            )
+        })?
+    {
+        tracing::error!(
+            access_record = gap.sequence,
+            "{}; recorded as access record {}",
+            gap.detail,
+            gap.sequence
+        );
+    }
     let signer = load_signer(
         config.signing_key.as_deref(),
         &config.data_dir,

@@ -408,3 +408,107 @@ fn cases_shown_by_a_list_are_found_by_case() {
         })
     ));
 }
+
+/// Copies a closed data directory (sled's files and the marks beside them).
+fn copy_dir(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            std::fs::create_dir_all(&target).unwrap();
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn access_records_lost_with_sleds_tail_are_found_at_open_and_recorded_as_a_gap() {
+    // What a lost tail of sled's files does: the directory reopens as it
+    // was five records earlier, while the high-water mark beside it (its
+    // own fsynced file) kept the later state.
+    let full = tempfile::tempdir().unwrap();
+    let older = tempfile::tempdir().unwrap();
+    {
+        let log = open(full.path());
+        let access = log.access_log();
+        for i in 0..5 {
+            access.append(read(100 + i, "a", "X")).unwrap();
+        }
+    }
+    copy_dir(full.path(), older.path());
+    {
+        let access = open(full.path()).access_log();
+        for i in 5..10 {
+            access.append(read(100 + i, "b", "Y")).unwrap();
+        }
+    }
+    std::fs::copy(
+        full.path().join(ACCESS_HIGH_WATER_FILE),
+        older.path().join(ACCESS_HIGH_WATER_FILE),
+    )
+    .unwrap();
+
+    let access = open(older.path()).access_log();
+    assert_eq!(access.lost(), Some(Lost { have: 5, had: 10 }));
+    match access.verify() {
+        Err(Error::Corruption { at, detail }) => {
+            assert_eq!(at, Location::Access(6));
+            assert!(detail.contains("6..=10 are missing"), "{detail}");
+        }
+        other => panic!("expected the loss to be named, got {other:?}"),
+    }
+    // The node records the gap: one record by the node, not allowed,
+    // naming the lost sequences; then the chain verifies and the gap stays.
+    let gap = access.record_gap(ts(999)).unwrap().expect("a gap record");
+    assert_eq!(gap.sequence, 6);
+    assert_eq!(gap.method, GAP_METHOD);
+    assert!(!gap.allowed);
+    assert!(gap.detail.contains("6..=10 were lost"), "{}", gap.detail);
+    assert_eq!(access.lost(), None);
+    assert_eq!(access.verify().unwrap(), 6);
+    assert_eq!(access.record_gap(ts(1000)).unwrap(), None);
+    drop(access);
+    // Reopened: the gap record is there and nothing is reported lost (the
+    // mark was raised past it).
+    let access = open(older.path()).access_log();
+    assert_eq!(access.lost(), None);
+    let (all, _) = access.list(&ListAccessRequest::default(), 100).unwrap();
+    assert_eq!(seqs(&all), [1, 2, 3, 4, 5, 6]);
+    assert_eq!(all[5].method, GAP_METHOD);
+}
+
+#[test]
+fn a_torn_mark_slot_falls_back_to_the_other_and_two_damaged_slots_are_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let access = open(dir.path()).access_log();
+        ten(&access);
+    }
+    let path = dir.path().join(ACCESS_HIGH_WATER_FILE);
+    let mut bytes = std::fs::read(&path).unwrap();
+    assert_eq!(bytes.len(), 128);
+    // The slot written last (record 10) torn: the other (record 9) holds.
+    let newest = (0..2)
+        .max_by_key(|i| Mark::decode(&bytes[i * 64..i * 64 + 64]).unwrap().0)
+        .unwrap();
+    bytes[newest * 64 + 20] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+    let access = open(dir.path()).access_log();
+    assert_eq!(access.lost(), None);
+    assert_eq!(access.verify().unwrap(), 10);
+    drop(access);
+    // Both slots damaged: the node cannot know what it had written.
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[20] ^= 0x55;
+    bytes[64 + 20] ^= 0x55;
+    std::fs::write(&path, &bytes).unwrap();
+    match Log::open(dir.path(), Policy::default()) {
+        Err(Error::Damaged { detail, .. }) => {
+            assert!(detail.contains("both of its slots"), "{detail}")
+        }
+        Err(other) => panic!("expected damage, got {other:?}"),
+        Ok(_) => panic!("expected damage, the log opened"),
+    }
+}
