@@ -25,6 +25,8 @@ use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
+use futures::FutureExt as _;
+
 use lianxi_log::AccessLog;
 use lianxi_proto::v1::{AccessRecord, PrincipalRole};
 use tonic::Status;
@@ -314,7 +316,27 @@ where
                 Err(s) => return Ok(clean(s).into_http()),
             };
             request.extensions_mut().insert(call.clone());
-            let response = inner.call(request).await?;
+            // A handler that panics (sled does on some damaged files) ends
+            // as a recorded INTERNAL answer, not a reset stream.
+            let answered = std::panic::AssertUnwindSafe(async { inner.call(request).await })
+                .catch_unwind()
+                .await;
+            let response = match answered {
+                Ok(response) => response?,
+                Err(panic) => {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    tracing::error!(method, panic = %lianxi_domain::printable(&what, 500), "a handler panicked; answered INTERNAL");
+                    let s = Status::internal(format!(
+                        "the node failed while answering {}; the failure is in its log; try again, and if it persists tell the node's operator",
+                        bounded(&method, 100)
+                    ));
+                    return Ok(call.refuse(s).await.into_http());
+                }
+            };
             // A refusal comes back as a trailers-only response, its status
             // in the headers; an answer with data has none there.
             match Status::from_header_map(response.headers()) {
@@ -346,6 +368,49 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A tonic service whose handler panics, as one reading a damaged sled
+    /// file does.
+    #[derive(Clone)]
+    struct Panics;
+
+    impl tonic::codegen::Service<http::Request<Body>> for Panics {
+        type Response = http::Response<Body>;
+        type Error = Infallible;
+        type Future = std::future::Ready<Result<http::Response<Body>, Infallible>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: http::Request<Body>) -> Self::Future {
+            panic!("tried to serialize Uninitialized")
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_is_a_recorded_internal_answer() {
+        use tonic::codegen::Service as _;
+        let dir = tempfile::tempdir().unwrap();
+        let log = lianxi_log::Log::open(dir.path(), lianxi_domain::Policy::default()).unwrap();
+        let gate = Gate::new(Principals::development(), log.access_log());
+        let mut door = Door::new(Panics, gate, Service::Cases);
+        let request = http::Request::builder()
+            .uri("/lianxi.v1.Cases/GetCase")
+            .body(Body::empty())
+            .unwrap();
+        let response = door.call(request).await.unwrap();
+        let status = Status::from_header_map(response.headers()).expect("a status");
+        assert_eq!(status.code(), tonic::Code::Internal);
+        assert!(
+            status.message().contains("tell the node's operator"),
+            "{status:?}"
+        );
+        let (records, _) = log.access_log().list(&Default::default(), 10).unwrap();
+        assert_eq!(records.len(), 1, "{records:?}");
+        assert!(!records[0].allowed);
+        assert_eq!(records[0].method, "/lianxi.v1.Cases/GetCase");
+    }
 
     #[test]
     fn bounded_escapes_hidden_characters_and_says_how_long_a_cut_value_was() {
