@@ -6,7 +6,6 @@
 //! a short message free of control characters; the node keeps answering.
 #![no_main]
 
-use std::net::SocketAddr;
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -24,14 +23,16 @@ use libfuzzer_sys::fuzz_target;
 use prost::Message;
 use sha2::{Digest, Sha256};
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Endpoint, Server};
+use tonic::transport::{Channel, Endpoint, Server};
 use tonic::{Code, Request, Status};
 
 const TOKENS: [&str; 4] = ["f-police", "f-city", "f-audit", "f-nobody"];
 
 struct Node {
     rt: tokio::runtime::Runtime,
-    addr: SocketAddr,
+    /// One HTTP/2 connection for every input: a connection per input left
+    /// tens of thousands of sockets in TIME_WAIT within a minute.
+    channel: Channel,
     _dir: tempfile::TempDir,
     _changes: tokio::sync::watch::Sender<Option<lianxi_log::GroupReport>>,
 }
@@ -82,7 +83,7 @@ static NODE: LazyLock<Node> = LazyLock::new(|| {
     log.append_group(&group, &GroupKeys::derived("lianxi-fuzz"))
         .expect("append the city");
     let (changes, rx) = tokio::sync::watch::channel(None);
-    let addr = rt.block_on(async {
+    let channel = rt.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -100,11 +101,13 @@ static NODE: LazyLock<Node> = LazyLock::new(|| {
                 .add_service(intake)
                 .serve_with_incoming(TcpIncoming::from(listener)),
         );
-        addr
+        Endpoint::from_shared(format!("http://{addr}"))
+            .expect("endpoint")
+            .connect_lazy()
     });
     Node {
         rt,
-        addr,
+        channel,
         _dir: dir,
         _changes: changes,
     }
@@ -130,9 +133,7 @@ macro_rules! decoded {
 }
 
 async fn call(selector: u8, bytes: &[u8]) -> Result<(), Status> {
-    let ch = Endpoint::from_shared(format!("http://{}", NODE.addr))
-        .expect("endpoint")
-        .connect_lazy();
+    let ch = NODE.channel.clone();
     let token = TOKENS[(selector >> 4) as usize % TOKENS.len()];
     let mut cases = CasesClient::new(ch.clone());
     let mut audit = AuditClient::new(ch.clone());
