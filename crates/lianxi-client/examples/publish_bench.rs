@@ -11,6 +11,16 @@
 //!    in time order) through `Client::submit` / `Pending::receipt`, with 1,
 //!    16, 256 and 1,024 events in flight; each event is timed from submit to
 //!    receipt (the node has validated it, written it and flushed it).
+//! 3. `Client::publish_all` with the default options (what `lianxi publish`
+//!    does): a simulated city with no bad events, and the demo's city
+//!    (`lianxi simulate --cases 400 --seed 2026`: 2% of cases with one
+//!    rule-breaking event, most of them `PREDECESSOR_MISSING` for a
+//!    referral or action that never comes, and 2% with one re-sent event),
+//!    with the default 60 s predecessor wait and with 2 s. "others done" is
+//!    when the last event of the cases without a bad event had its result:
+//!    the rest of the time is the bad events' `predecessor_wait` running
+//!    out, with the later events of their cases waiting behind them.
+//!    `ONLY_PUBLISH_ALL=1` runs step 1 and this step only.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -109,6 +119,123 @@ async fn lianxi(
     (rate, latencies)
 }
 
+/// `publish_all` over `events` with `options`, through `publish_each` to
+/// see when each result is final: (seconds until the last result, seconds
+/// until the last result of a case outside `waiting`, [accepted,
+/// duplicates, rejected, without a receipt]).
+async fn publish_all(
+    url: &str,
+    events: Vec<lianxi_proto::v1::Event>,
+    waiting: &std::collections::HashSet<String>,
+    options: Options,
+) -> (f64, f64, [usize; 4]) {
+    use futures::StreamExt;
+    let client = Client::connect(url, options).await.expect("connect");
+    let start = Instant::now();
+    let others: Vec<bool> = events
+        .iter()
+        .map(|e| !waiting.contains(&e.case_id))
+        .collect();
+    let mut results = std::pin::pin!(client.publish_each(events));
+    let mut counts = [0usize; 4];
+    let mut others_done = 0.0f64;
+    while let Some((index, r)) = results.next().await {
+        let i = match &r {
+            Ok(r) => match lianxi_proto::v1::ReceiptStatus::try_from(r.status) {
+                Ok(lianxi_proto::v1::ReceiptStatus::Accepted) => 0,
+                Ok(lianxi_proto::v1::ReceiptStatus::Duplicate) => 1,
+                _ => 2,
+            },
+            Err(_) => 3,
+        };
+        if others[index] {
+            others_done = start.elapsed().as_secs_f64();
+        }
+        counts[i] += 1;
+    }
+    (start.elapsed().as_secs_f64(), others_done, counts)
+}
+
+/// A generated workload: each event with what it is meant to be.
+type Generated = Vec<(lianxi_proto::v1::Event, lianxi_sim::Intent)>;
+
+async fn publish_all_rows(url: &str, n: usize, raw: f64) {
+    println!(
+        "\n{:<58} {:>7} {:>8} {:>9} {:>7} {:>13} {:>22}",
+        "publish_all (Options::default() unless said)",
+        "events",
+        "seconds",
+        "events/s",
+        "vs raw",
+        "others done s",
+        "acc/dup/rej/none"
+    );
+    let clean = lianxi_sim::generate(&Workload {
+        seed: 2000,
+        cases: (n / 10).max(10),
+        prefix: "BENCHALL".into(),
+        ..Workload::default()
+    });
+    let demo = |prefix: &str| {
+        lianxi_sim::generate(&Workload {
+            seed: 2026,
+            cases: 400,
+            invalid_rate: 0.02,
+            duplicate_rate: 0.02,
+            prefix: prefix.into(),
+            ..Workload::default()
+        })
+    };
+    let rows: Vec<(String, Generated, Options)> = vec![
+        (
+            format!("city, no bad events ({} cases)", (n / 10).max(10)),
+            clean,
+            Options::default(),
+        ),
+        (
+            "demo city (400 cases, seed 2026), predecessor wait 2 s".into(),
+            demo("BENCHW2"),
+            Options {
+                predecessor_wait: Duration::from_secs(2),
+                ..Options::default()
+            },
+        ),
+        (
+            "demo city (400 cases, seed 2026), default wait 60 s".into(),
+            demo("BENCHW60"),
+            Options::default(),
+        ),
+    ];
+    for (label, workload, options) in rows {
+        let bad = workload
+            .iter()
+            .filter(|(_, i)| *i == lianxi_sim::Intent::Invalid)
+            .count();
+        // The cases with a rule-breaking event: their later events wait
+        // behind it.
+        let waiting: std::collections::HashSet<String> = workload
+            .iter()
+            .filter(|(_, i)| *i == lianxi_sim::Intent::Invalid)
+            .map(|(e, _)| e.case_id.clone())
+            .collect();
+        let events: Vec<_> = workload.into_iter().map(|(e, _)| e).collect();
+        let len = events.len();
+        let (secs, stored, [acc, dup, rej, none]) =
+            publish_all(url, events, &waiting, options).await;
+        let rate = len as f64 / secs;
+        println!(
+            "{:<58} {:>7} {:>8.2} {:>9.0} {:>6.3}x {:>13.2} {:>22}",
+            label,
+            len,
+            secs,
+            rate,
+            rate / raw,
+            stored,
+            format!("{acc}/{dup}/{rej}/{none} (bad {bad})")
+        );
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let mut args = std::env::args().skip(1);
@@ -131,6 +258,11 @@ async fn main() {
         "\n{:<46} {:>9.0} msgs/s",
         "raw JetStream publish, 1,024 in flight", raw
     );
+
+    if std::env::var_os("ONLY_PUBLISH_ALL").is_some() {
+        publish_all_rows(&url, n, raw).await;
+        return;
+    }
 
     // One simulated city, split into one slice per run so no run repeats
     // another's events (each slice holds whole cases).
@@ -162,4 +294,5 @@ async fn main() {
             rate / raw
         );
     }
+    publish_all_rows(&url, n, raw).await;
 }

@@ -28,6 +28,11 @@
 //! - **One case's events stay in order.** The client publishes an event
 //!   only after the earlier events of the same case that it was given have
 //!   their receipts, so a retry can never land behind a later event.
+//! - **A waiting case holds up no other.** In [`Client::publish_all`] (and
+//!   [`Client::publish_each`]) only events on the wire count against
+//!   [`Options::max_in_flight`]: an event waiting for an earlier event of
+//!   its case, or for its next re-send after `PREDECESSOR_MISSING`, takes
+//!   no slot, and the other cases' events keep flowing at full rate.
 //! - **A missing predecessor is waited for.** A rejection
 //!   [`RejectionCode::PredecessorMissing`] (only an earlier event of the
 //!   case, e.g. another agency's referral, is not in the log yet) is not
@@ -54,7 +59,7 @@
 //!     _ => eprintln!("rejected: {}", receipt.reason),
 //! }
 //!
-//! // Many events, at most `max_in_flight` at a time, receipts in order.
+//! // Many events, at most `max_in_flight` on the wire, receipts in order.
 //! # let events: Vec<Event> = vec![];
 //! let receipts = client.publish_all(events).await;
 //!
@@ -70,6 +75,7 @@
 #![forbid(unsafe_code)]
 
 mod error;
+mod schedule;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -119,7 +125,10 @@ pub struct Options {
     /// earlier event of its case is missing (`PREDECESSOR_MISSING`), for
     /// that event to arrive (60 s). Zero: never re-send.
     pub predecessor_wait: Duration,
-    /// Most events in flight in `publish_all`.
+    /// Most events on the wire in `publish_all` / `publish_each`: sent and
+    /// awaiting the bus's acknowledgement (retried through an outage) or
+    /// their receipt. Events waiting for an earlier event of their case, or
+    /// for a re-send after `PREDECESSOR_MISSING`, do not count.
     pub max_in_flight: usize,
     /// The connection's name, as the server's monitoring shows it.
     pub name: String,
@@ -166,6 +175,17 @@ enum Outcome {
     Pending,
     Stored,
     NotStored,
+}
+
+impl Outcome {
+    /// Stored only when both are.
+    fn and(self, other: Outcome) -> Outcome {
+        if self == Outcome::Stored && other == Outcome::Stored {
+            Outcome::Stored
+        } else {
+            Outcome::NotStored
+        }
+    }
 }
 
 /// The last event of each case this client is working on: a later event of
@@ -277,44 +297,57 @@ impl Client {
         self.submit(event.clone()).await?.receipt().await
     }
 
-    /// Publishes many events and returns their results in input order, at
-    /// most `max_in_flight` at a time. Events of different cases are
-    /// pipelined; an event goes out only after the earlier events of its
-    /// case have their receipts, so one case's events land in input order
-    /// whatever has to be retried.
+    /// Publishes many events and returns their results in input order.
+    ///
+    /// At most [`Options::max_in_flight`] events are on the wire at a time.
+    /// An event goes out only after the earlier events of its case (in this
+    /// call, and any in flight in other calls on this client) have their
+    /// receipts, so one case's events land in input order whatever has to
+    /// be retried; meanwhile the other cases' events keep the wire full. An
+    /// event rejected `PREDECESSOR_MISSING` is published again on a timer,
+    /// holding no slot while it waits. The input is read only as far as it
+    /// takes to fill the wire.
     pub async fn publish_all(
         &self,
         events: impl IntoIterator<Item = Event>,
     ) -> Vec<Result<Receipt, Error>> {
-        let limit = self.inner.options.max_in_flight.max(1);
-        let mut results = Vec::new();
-        let mut in_flight = futures::stream::FuturesOrdered::new();
-        for event in events {
-            if in_flight.len() >= limit
-                && let Some(r) = in_flight.next().await
-            {
-                results.push(r);
+        let mut scheduler = schedule::Scheduler::new(self.clone(), events.into_iter());
+        let mut results: Vec<Option<Result<Receipt, Error>>> = Vec::new();
+        while let Some((index, result)) = scheduler.next().await {
+            if results.len() <= index {
+                results.resize_with(index + 1, || None);
             }
-            match self.submit(event).await {
-                Ok(pending) => in_flight.push_back(pending.receipt()),
-                Err(e) => in_flight.push_back(Box::pin(async move { Err(e) })),
-            }
+            results[index] = Some(result);
         }
-        while let Some(r) = in_flight.next().await {
-            results.push(r);
-        }
+        // Every event read is finished before the scheduler ends.
         results
+            .into_iter()
+            .map(|r| r.unwrap_or(Err(Error::Closed)))
+            .collect()
     }
 
-    /// Checks the event and starts listening for its receipt. When no
-    /// earlier event of its case is still in flight in this client, hands it
-    /// to the bus at once (events submitted one after another reach the bus
-    /// in that order); otherwise it goes out once that event has its
-    /// receipt. Await each [`Pending::receipt`] whenever suits (this is how
-    /// `publish_all` pipelines); a pending event makes progress only while
-    /// its receipt is awaited.
-    pub async fn submit(&self, event: Event) -> Result<Pending, Error> {
-        let subject = lianxi_domain::event_subject(&event).map_err(|r| Error::InvalidEvent {
+    /// Like [`Client::publish_all`], but hands out each event's result as
+    /// soon as it is final, as `(position in the input, result)`: in the
+    /// order the events finish, not the input order. The events make
+    /// progress while the stream is polled.
+    pub fn publish_each<I>(
+        &self,
+        events: I,
+    ) -> impl futures::Stream<Item = (usize, Result<Receipt, Error>)> + use<I>
+    where
+        I: IntoIterator<Item = Event>,
+    {
+        let scheduler = schedule::Scheduler::new(self.clone(), events.into_iter());
+        futures::stream::unfold(scheduler, |mut s| async move {
+            let next = s.next().await?;
+            Some((next, s))
+        })
+    }
+
+    /// The event's subject and agency, or why this client cannot publish
+    /// it.
+    fn check(&self, event: &Event) -> Result<(String, Agency), Error> {
+        let subject = lianxi_domain::event_subject(event).map_err(|r| Error::InvalidEvent {
             event_id: event.event_id.clone(),
             reason: r.reason,
         })?;
@@ -328,6 +361,18 @@ impl Client {
                 event: lianxi_domain::agency_name(agency),
             });
         }
+        Ok((subject, agency))
+    }
+
+    /// Checks the event and starts listening for its receipt. When no
+    /// earlier event of its case is still in flight in this client, hands it
+    /// to the bus at once (events submitted one after another reach the bus
+    /// in that order); otherwise it goes out once that event has its
+    /// receipt. Await each [`Pending::receipt`] whenever suits (this is how
+    /// `publish_all` pipelines); a pending event makes progress only while
+    /// its receipt is awaited.
+    pub async fn submit(&self, event: Event) -> Result<Pending, Error> {
+        let (subject, agency) = self.check(&event)?;
         let guard = self.wait_for(&event.event_id);
         let n = self.inner.counter.fetch_add(1, Ordering::Relaxed);
         let (done_tx, done_rx) = watch::channel(Outcome::Pending);
@@ -683,7 +728,7 @@ impl Pending {
             };
             let opts = &client.inner.options;
             let resend_until = tokio::time::Instant::now() + opts.predecessor_wait;
-            let mut backoff = Duration::from_millis(250);
+            let mut backoff = schedule::RESEND_FIRST;
             let result = loop {
                 let (seq, maybe_copy) = match client
                     .store(&subject, &event, &message_id, first.take())
@@ -711,7 +756,7 @@ impl Pending {
                 }
                 tracing::debug!(event_id = %event.event_id, reason = %receipt.reason, retry_in_ms = backoff.as_millis() as u64, "an earlier event of the case is missing; publishing again");
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                backoff = (backoff * 2).min(schedule::RESEND_MAX);
                 // A new message id: the bus must not take it for a retry.
                 let n = client.inner.counter.fetch_add(1, Ordering::Relaxed);
                 message_id = client.message_id(&event.event_id, n);
