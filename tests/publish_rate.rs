@@ -415,7 +415,7 @@ async fn one_case_s_events_stay_in_order_when_nats_server_is_killed_during_publi
     assert_eq!(out_of_order, 0, "cases not in input order");
     assert_eq!(by_case.len(), expected.len());
     drop(nats);
-    println!(
+    lianxi_testkit::fault_test(format!(
         "FAULT-TEST one_case_s_events_stay_in_order_when_nats_server_is_killed_during_publish_all: \
          killed nats-server (SIGKILL) 2 times during publish_all (at {kills:?} of {total} \
          messages on the stream), restarted after 1.5 s each, lianxi-dev.conf; client defaults; \
@@ -424,5 +424,5 @@ async fn one_case_s_events_stay_in_order_when_nats_server_is_killed_during_publi
          {entries} = events + opening, lost: 0, duplicated: 0, cases out of input order 0 of {}",
         late.len(),
         expected.len()
-    );
+    ));
 }
