@@ -37,6 +37,15 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
+/// The replicas of every stream (`BENCH_REPLICAS`, which scripts/bench
+/// sets to 3 for `BUS_SYNC=r3`).
+fn replicas() -> usize {
+    std::env::var("BENCH_REPLICAS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+}
+
 async fn raw_jetstream(url: &str, n: usize) -> f64 {
     let client = async_nats::connect(url).await.expect("connect");
     let js = jetstream::new(client);
@@ -46,6 +55,7 @@ async fn raw_jetstream(url: &str, n: usize) -> f64 {
         name: name.into(),
         subjects: vec!["bench.raw.>".into()],
         storage: stream::StorageType::File,
+        num_replicas: replicas(),
         ..Default::default()
     })
     .await
@@ -248,10 +258,12 @@ async fn main() {
     let sync = match std::env::var("BUS_SYNC").as_deref() {
         Ok("always") => "sync_interval always (fsync before every acknowledgement)",
         Ok("default") => "server default sync (fsync every 2 min)",
+        Ok("r3") => "server default sync (fsync every 2 min), three servers",
         _ => "sync setting not stated (set BUS_SYNC=always|default)",
     };
     println!(
-        "durability: JetStream file store, {sync}, R1; node flushes sled per group before receipts"
+        "durability: JetStream file store, {sync}, R{}; node flushes sled per group before receipts",
+        replicas()
     );
     let raw = raw_jetstream(&url, n).await;
     println!(
