@@ -11,58 +11,13 @@ use std::collections::{HashMap, HashSet};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use lianxi_proto::Timestamp;
-use lianxi_proto::v1::{self as pb, Agency, Event, ReceiptStatus, event::Body};
+use lianxi_proto::v1::{Agency, Event, ReceiptStatus};
 use lianxi_testkit::Spawn;
 use support::{LIANXI, Nats, Node, free_port, shipped_conf};
 
 const T0: i64 = 1_793_000_000; // 2026-10-26
 
-fn event(id: &str, case: &str, agency: Agency, t: i64, body: Body) -> Event {
-    Event {
-        event_id: id.into(),
-        case_id: case.into(),
-        agency: agency as i32,
-        occurred_at: Some(Timestamp {
-            seconds: t,
-            nanos: 0,
-        }),
-        corrects_event_id: None,
-        body: Some(body),
-    }
-}
-
-fn opened(id: &str, case: &str, t: i64) -> Event {
-    event(
-        id,
-        case,
-        Agency::WomensFederation,
-        t,
-        Body::CaseOpened(pb::CaseOpened {
-            channel: pb::Channel::Hotline12338 as i32,
-            category: pb::Category::DomesticViolence as i32,
-            jurisdiction: "330100/330106".into(),
-            level: pb::Level::County as i32,
-            person_ref: format!("P-{case}"),
-            summary: "caller reports violence at home".into(),
-            mandatory_reporter: String::new(),
-            person: None,
-            children: Vec::new(),
-        }),
-    )
-}
-
-fn progress(id: &str, case: &str, t: i64) -> Event {
-    event(
-        id,
-        case,
-        Agency::WomensFederation,
-        t,
-        Body::ProgressReported(pb::ProgressReported {
-            summary: format!("follow-up {id}"),
-        }),
-    )
-}
+use support::{wf_opened as opened, wf_progress as progress};
 
 /// A bus with the shipped development configuration.
 fn start_bus() -> Nats {

@@ -12,61 +12,14 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use lianxi_client::{Client, Options};
-use lianxi_proto::Timestamp;
-use lianxi_proto::v1::{
-    self as pb, Agency, Event, Receipt, ReceiptStatus, RejectionCode, event::Body,
-};
+use lianxi_proto::v1::{Event, Receipt, ReceiptStatus, RejectionCode};
 use prost::Message;
 use support::{Nats, Node, shipped_conf};
 use tokio_stream::StreamExt;
 
 const T0: i64 = 1_793_000_000; // 2026-10-26
 
-fn event(id: &str, case: &str, t: i64, body: Body) -> Event {
-    Event {
-        event_id: id.into(),
-        case_id: case.into(),
-        agency: Agency::WomensFederation as i32,
-        occurred_at: Some(Timestamp {
-            seconds: t,
-            nanos: 0,
-        }),
-        corrects_event_id: None,
-        body: Some(body),
-    }
-}
-
-fn opened(id: &str, case: &str, t: i64) -> Event {
-    event(
-        id,
-        case,
-        t,
-        Body::CaseOpened(pb::CaseOpened {
-            channel: pb::Channel::Hotline12338 as i32,
-            category: pb::Category::DomesticViolence as i32,
-            jurisdiction: "330100/330106".into(),
-            level: pb::Level::County as i32,
-            person_ref: format!("P-{case}"),
-            summary: "caller reports violence at home".into(),
-            mandatory_reporter: String::new(),
-            person: None,
-            children: Vec::new(),
-        }),
-    )
-}
-
-/// A progress report: valid in any order once the case is open, so only
-/// the client keeps a case's reports in input order.
-fn progress(id: &str, case: &str, t: i64) -> Event {
-    event(
-        id,
-        case,
-        t,
-        Body::ProgressReported(pb::ProgressReported {
-            summary: format!("follow-up {id}"),
-        }),
-    )
-}
+use support::{wf_opened as opened, wf_progress as progress};
 
 /// `cases` cases opened and followed up `per_case - 1` times each,
 /// interleaved in time as a city's load arrives.

@@ -359,3 +359,62 @@ where
     }
     false
 }
+
+/// An event of `agency` at `t` (Unix seconds) with `body`.
+pub fn event_at(
+    id: &str,
+    case: &str,
+    agency: Agency,
+    t: i64,
+    body: lianxi_proto::v1::event::Body,
+) -> Event {
+    Event {
+        event_id: id.into(),
+        case_id: case.into(),
+        agency: agency as i32,
+        occurred_at: Some(lianxi_proto::Timestamp {
+            seconds: t,
+            nanos: 0,
+        }),
+        corrects_event_id: None,
+        body: Some(body),
+    }
+}
+
+/// The women's federation opens a domestic-violence case from the 12338
+/// hotline: the opening of the outage and publish-rate caseloads.
+pub fn wf_opened(id: &str, case: &str, t: i64) -> Event {
+    use lianxi_proto::v1 as pb;
+    event_at(
+        id,
+        case,
+        Agency::WomensFederation,
+        t,
+        pb::event::Body::CaseOpened(pb::CaseOpened {
+            channel: pb::Channel::Hotline12338 as i32,
+            category: pb::Category::DomesticViolence as i32,
+            jurisdiction: "330100/330106".into(),
+            level: pb::Level::County as i32,
+            person_ref: format!("P-{case}"),
+            summary: "caller reports violence at home".into(),
+            mandatory_reporter: String::new(),
+            person: None,
+            children: Vec::new(),
+        }),
+    )
+}
+
+/// A progress report by the women's federation: valid in any order once
+/// the case is open, so only the client keeps a case's reports in order.
+pub fn wf_progress(id: &str, case: &str, t: i64) -> Event {
+    use lianxi_proto::v1 as pb;
+    event_at(
+        id,
+        case,
+        Agency::WomensFederation,
+        t,
+        pb::event::Body::ProgressReported(pb::ProgressReported {
+            summary: format!("follow-up {id}"),
+        }),
+    )
+}
