@@ -556,6 +556,74 @@ async fn the_command_line_publishes_json_lines_and_shows_the_case() {
     assert!(err.contains("lianxi serve"), "{err}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_before_any_node_says_what_to_do_and_lands_once_a_node_starts() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let nats = Nats::start();
+    let demo = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/demo/dv-case.jsonl"
+    );
+    // No node has run against this server yet, so no stream stores the
+    // events' subjects.
+    let mut child = Command::new(support::LIANXI)
+        .args(["publish", "--quiet", demo])
+        .env("LIANXI_NATS_URL", nats.url())
+        .env("LIANXI_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start lianxi publish");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let warned = loop {
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) if line.contains("start a lianxi node") => break line,
+            Ok(_) => continue,
+            Err(e) => {
+                let _ = child.kill();
+                panic!("no warning within 30 s of publishing with no node ({e})");
+            }
+        }
+    };
+    assert!(warned.contains("no JetStream stream"), "{warned}");
+    assert!(child.try_wait().unwrap().is_none(), "publish gave up");
+    // The node creates the stream; the waiting events land.
+    let data = tempfile::tempdir().unwrap();
+    let _node = Node::start(&nats.url(), data.path());
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .expect("publish output");
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "publish failed: {out}");
+    let lines = std::fs::read_to_string(demo).unwrap();
+    let n = lines
+        .lines()
+        .filter(|l| l.trim_start().starts_with('{'))
+        .count();
+    assert!(
+        out.contains(&format!(
+            "{n} events: {n} accepted, 0 duplicates, 0 rejected, 0 without a receipt"
+        )),
+        "{out}"
+    );
+    // One warning per 30 s for the whole client, not one per event.
+    let warnings = 1 + rx
+        .try_iter()
+        .filter(|l| l.contains("has not stored an event yet"))
+        .count();
+    assert!(warnings <= 2, "{warnings} warnings");
+}
+
 #[tokio::test]
 async fn a_simulated_city_lands_exactly_once_with_every_bad_event_kept() {
     let nats = Nats::start();

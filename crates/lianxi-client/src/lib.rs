@@ -207,8 +207,18 @@ struct Inner {
     /// Makes each publish's message id unique: `<event id>~<nonce>-<n>`.
     nonce: String,
     counter: AtomicU64,
+    /// When this client was made, and when (milliseconds after that) it
+    /// last warned that the bus is not storing its events: one warning per
+    /// `STALL_WARNING_EVERY` for the whole client, not one per event.
+    started: tokio::time::Instant,
+    last_stall_warning: AtomicU64,
     dispatcher: tokio::task::JoinHandle<()>,
 }
+
+/// How long the bus may refuse an event before the client says so.
+const STALL_WARNING_AFTER: Duration = Duration::from_secs(5);
+/// How often the client repeats that warning while it lasts.
+const STALL_WARNING_EVERY: Duration = Duration::from_secs(30);
 
 impl Drop for Inner {
     fn drop(&mut self) {
@@ -282,6 +292,8 @@ impl Client {
                 cases: Arc::default(),
                 nonce: nonce(),
                 counter: AtomicU64::new(0),
+                started: tokio::time::Instant::now(),
+                last_stall_warning: AtomicU64::new(0),
                 dispatcher,
             }),
         })
@@ -529,6 +541,7 @@ impl Client {
         let mut backoff = Duration::from_millis(50);
         let mut unacknowledged = false;
         let mut attempts = 0;
+        let began = tokio::time::Instant::now();
         loop {
             attempts += 1;
             let sent = match first.take() {
@@ -555,9 +568,49 @@ impl Client {
                 });
             }
             tracing::debug!(event_id = %event.event_id, attempts, error = %last_error, "publish not acknowledged; retrying");
+            if began.elapsed() >= STALL_WARNING_AFTER {
+                self.warn_stalled(subject, began.elapsed(), deadline, &last_error);
+            }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(2));
         }
+    }
+
+    /// Says, at most once per `STALL_WARNING_EVERY` for the whole client,
+    /// that the bus has not stored an event for a while and what to check.
+    fn warn_stalled(
+        &self,
+        subject: &str,
+        waited: Duration,
+        deadline: tokio::time::Instant,
+        error: &str,
+    ) {
+        let inner = &self.inner;
+        let now = inner.started.elapsed().as_millis() as u64 + 1;
+        let last = inner.last_stall_warning.load(Ordering::Relaxed);
+        if last != 0 && now < last + STALL_WARNING_EVERY.as_millis() as u64 {
+            return;
+        }
+        if inner
+            .last_stall_warning
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+        {
+            return;
+        }
+        let hint = if error.contains("no stream") || error.contains("no responders") {
+            "no JetStream stream stores this subject on this server: start a lianxi node against it (the node creates the events stream), or check --nats-url"
+        } else {
+            "the bus is unreachable or not answering: check that nats-server is up and --nats-url points at it"
+        };
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        tracing::warn!(
+            subject = %lianxi_domain::printable(subject, 200),
+            waited_s = waited.as_secs(),
+            retrying_for_s = left.as_secs(),
+            error = %error,
+            "the bus has not stored an event yet; {hint}; still retrying"
+        );
     }
 
     /// Waits for the receipt of the message at `stream_sequence`. With
