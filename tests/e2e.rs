@@ -7,48 +7,17 @@ mod support;
 use std::time::Duration;
 
 use lianxi_proto::Timestamp;
-use lianxi_proto::v1::{
-    self as pb, Agency, Event, GetCaseRequest, GetTimelineRequest, event::Body,
-};
+use lianxi_proto::v1::{self as pb, Agency, GetCaseRequest, GetTimelineRequest, event::Body};
 use prost::Message;
-use support::{Nats, Node, case_after, lianxi, publish, subject};
+use support::{
+    Nats, Node, case_after, event_at as event, lianxi, opened_by as opened, publish, subject,
+};
 
 fn at(seconds: i64) -> Option<Timestamp> {
     Some(Timestamp { seconds, nanos: 0 })
 }
 
 const T0: i64 = 1_793_000_000; // 2026-10-26
-
-fn event(id: &str, case: &str, agency: Agency, t: i64, body: Body) -> Event {
-    Event {
-        event_id: id.into(),
-        case_id: case.into(),
-        agency: agency as i32,
-        occurred_at: at(t),
-        corrects_event_id: None,
-        body: Some(body),
-    }
-}
-
-fn opened(id: &str, case: &str, agency: Agency, t: i64) -> Event {
-    event(
-        id,
-        case,
-        agency,
-        t,
-        Body::CaseOpened(pb::CaseOpened {
-            channel: pb::Channel::Hotline12338 as i32,
-            category: pb::Category::DomesticViolence as i32,
-            jurisdiction: "330100/330106".into(),
-            level: pb::Level::County as i32,
-            person_ref: format!("P-{case}"),
-            summary: "caller reports violence at home".into(),
-            mandatory_reporter: String::new(),
-            person: None,
-            children: Vec::new(),
-        }),
-    )
-}
 
 async fn publish_raw(js: &async_nats::jetstream::Context, subject: &str, payload: Vec<u8>) -> u64 {
     js.publish(subject.to_owned(), payload.into())

@@ -17,10 +17,9 @@ use std::time::Duration;
 use async_nats::jetstream::context::{ContextBuilder, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage as Publish;
 use async_nats::{Client, ConnectErrorKind, ConnectOptions, Event, ServerError};
-use lianxi_proto::Timestamp;
 use lianxi_proto::v1::{self as pb, Agency, GetCaseRequest, event::Body};
 use prost::Message;
-use support::{Nats, Node, case_after};
+use support::{Nats, Node, case_after, event_at as event};
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 use tokio::time::Instant;
 use tokio_stream::StreamExt;
@@ -199,38 +198,8 @@ fn subscribe_refused(subject: &str) -> String {
     format!("Permissions Violation for Subscription to \"{subject}\"")
 }
 
-fn event(id: &str, case: &str, agency: Agency, t: i64, body: Body) -> pb::Event {
-    pb::Event {
-        event_id: id.into(),
-        case_id: case.into(),
-        agency: agency as i32,
-        occurred_at: Some(Timestamp {
-            seconds: t,
-            nanos: 0,
-        }),
-        corrects_event_id: None,
-        body: Some(body),
-    }
-}
-
 fn opened(id: &str, case: &str, agency: Agency) -> pb::Event {
-    event(
-        id,
-        case,
-        agency,
-        T0,
-        Body::CaseOpened(pb::CaseOpened {
-            channel: pb::Channel::Hotline12338 as i32,
-            category: pb::Category::DomesticViolence as i32,
-            jurisdiction: "330100/330106".into(),
-            level: pb::Level::County as i32,
-            person_ref: format!("P-{case}"),
-            summary: "caller reports violence at home".into(),
-            mandatory_reporter: String::new(),
-            person: None,
-            children: Vec::new(),
-        }),
-    )
+    support::opened_by(id, case, agency, T0)
 }
 
 fn progress(id: &str, case: &str, agency: Agency, t: i64) -> pb::Event {

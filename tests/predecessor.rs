@@ -11,25 +11,10 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use lianxi_proto::Timestamp;
-use lianxi_proto::v1::{self as pb, Agency, Event, ReceiptStatus, RejectionCode, event::Body};
-use support::{Node, shipped_conf};
+use lianxi_proto::v1::{self as pb, Agency, ReceiptStatus, RejectionCode, event::Body};
+use support::{Node, event_at as event, shipped_conf};
 
 const T0: i64 = 1_793_000_000; // 2026-10-26
-
-fn event(id: &str, case: &str, agency: Agency, t: i64, body: Body) -> Event {
-    Event {
-        event_id: id.into(),
-        case_id: case.into(),
-        agency: agency as i32,
-        occurred_at: Some(Timestamp {
-            seconds: t,
-            nanos: 0,
-        }),
-        corrects_event_id: None,
-        body: Some(body),
-    }
-}
 
 #[tokio::test]
 async fn an_event_ahead_of_another_agencys_earlier_event_is_re_sent_until_it_lands() {
@@ -55,23 +40,7 @@ async fn an_event_ahead_of_another_agencys_earlier_event_is_re_sent_until_it_lan
     .await
     .unwrap();
     let case = "PRED-1";
-    let open = event(
-        "pred-1",
-        case,
-        Agency::WomensFederation,
-        T0,
-        Body::CaseOpened(pb::CaseOpened {
-            channel: pb::Channel::Hotline12338 as i32,
-            category: pb::Category::DomesticViolence as i32,
-            jurisdiction: "330100/330106".into(),
-            level: pb::Level::County as i32,
-            person_ref: format!("P-{case}"),
-            summary: "caller reports violence at home".into(),
-            mandatory_reporter: String::new(),
-            person: None,
-            children: Vec::new(),
-        }),
-    );
+    let open = support::wf_opened("pred-1", case, T0);
     let r = wf.publish(&open).await.unwrap();
     assert_eq!(r.status, ReceiptStatus::Accepted as i32, "{r:?}");
     // The police is involved in the case through a first referral.

@@ -384,11 +384,16 @@ pub fn event_at(
 /// The women's federation opens a domestic-violence case from the 12338
 /// hotline: the opening of the outage and publish-rate caseloads.
 pub fn wf_opened(id: &str, case: &str, t: i64) -> Event {
+    opened_by(id, case, Agency::WomensFederation, t)
+}
+
+/// `agency` opens a domestic-violence case from the 12338 hotline at `t`.
+pub fn opened_by(id: &str, case: &str, agency: Agency, t: i64) -> Event {
     use lianxi_proto::v1 as pb;
     event_at(
         id,
         case,
-        Agency::WomensFederation,
+        agency,
         t,
         pb::event::Body::CaseOpened(pb::CaseOpened {
             channel: pb::Channel::Hotline12338 as i32,
