@@ -600,8 +600,10 @@ async fn a_backlog_drains_with_bounded_memory() {
     let events = workload(49, cases, "MEM");
     let last = publish_all(&js, &events).await;
     let data = tempfile::tempdir().unwrap();
-    // The default unless DISK_TEST_CACHE_MB says otherwise (to compare).
-    let cache_mb = std::env::var("DISK_TEST_CACHE_MB").unwrap_or_else(|_| "64".into());
+    // The node's default unless DISK_TEST_CACHE_MB says otherwise (to
+    // compare).
+    let cache_mb = std::env::var("DISK_TEST_CACHE_MB")
+        .unwrap_or_else(|_| (lianxi_log::DEFAULT_CACHE_BYTES >> 20).to_string());
     let node = Node::start_with_env(
         &nats.url(),
         data.path(),

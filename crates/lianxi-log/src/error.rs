@@ -100,8 +100,8 @@ pub enum Location {
     Access(u64),
     /// The access log's head (its last sequence and hash).
     AccessHead,
-    /// A stored Merkle tree node, by level and index.
-    TreeNode(u8, u64),
+    /// A stored tile of the Merkle tree, by tile level and index.
+    Tile(u8, u64),
 }
 
 impl std::fmt::Display for Location {
@@ -115,7 +115,7 @@ impl std::fmt::Display for Location {
             Location::Key(k) => write!(f, "key {k}"),
             Location::Access(s) => write!(f, "access record {s}"),
             Location::AccessHead => write!(f, "access log head"),
-            Location::TreeNode(l, i) => write!(f, "Merkle tree node {i} at level {l}"),
+            Location::Tile(l, i) => write!(f, "Merkle tile {i} at tile level {l}"),
         }
     }
 }

@@ -3,7 +3,8 @@
 
 /// `L` + global sequence -> `LogEntry`.
 pub(crate) const ENTRY: u8 = b'L';
-/// `C` + case id + 0x00 + case sequence -> global sequence.
+/// `C` + case id + 0x00 + case sequence -> global sequence: the case index
+/// of layout 2, replaced by `N` (removed by the upgrade).
 pub(crate) const CASE_INDEX: u8 = b'C';
 /// `D` + agency (one byte, the `Agency` number of the subject) + event id
 /// -> global sequence. Permanent: the idempotency key. Event ids are each
@@ -41,24 +42,40 @@ pub(crate) fn person_history(person: &str, global_sequence: u64) -> Vec<u8> {
     k
 }
 
-/// `T` + level (u8) + index (u64) -> the 32-byte RFC 6962 hash of the perfect
-/// Merkle subtree of 2^level leaves starting at leaf `index * 2^level` (level
-/// 0: the leaf hashes). Derived from the entries, written in the same batch,
-/// rebuilt by `rebuild`.
+/// `T` + level (u8) + index (u64): the Merkle tree of storage layout 2,
+/// one record per node. Layout 3 keeps tiles (`G`) instead; `rebuild`
+/// removes these.
 pub(crate) const TREE: u8 = b'T';
 
 pub(crate) fn tree_node(level: u8, index: u64) -> [u8; 10] {
+    level_index(TREE, level, index)
+}
+
+/// `prefix` + level (one byte) + index (big-endian).
+fn level_index(prefix: u8, level: u8, index: u64) -> [u8; 10] {
     let mut k = [0u8; 10];
-    k[0] = TREE;
+    k[0] = prefix;
     k[1] = level;
     k[2..].copy_from_slice(&index.to_be_bytes());
     k
 }
 
-/// The level and index of a `T` key, if it is one.
-pub(crate) fn parse_tree_node(key: &[u8]) -> Option<(u8, u64)> {
+/// `G` + tile level (u8) + tile index (u64) -> a tile of the Merkle tree in
+/// the layout of C2SP tlog-tiles: the concatenated 32-byte hashes of the
+/// tree nodes at level `8 * tile level` with indices `256 * tile index` up
+/// to `256 * tile index + width - 1` (width 1 to 256; a partial tile is
+/// rewritten as it grows, a full one never). Derived from the entries,
+/// written in the same batch, rebuilt by `rebuild` (see `tiles.rs`).
+pub(crate) const TILE: u8 = b'G';
+
+pub(crate) fn tile(level: u8, index: u64) -> [u8; 10] {
+    level_index(TILE, level, index)
+}
+
+/// The tile level and index of a `G` key, if it is one.
+pub(crate) fn parse_tile(key: &[u8]) -> Option<(u8, u64)> {
     match key {
-        [TREE, level, rest @ ..] => Some((*level, be_u64(rest)?)),
+        [TILE, level, rest @ ..] => Some((*level, be_u64(rest)?)),
         _ => None,
     }
 }
@@ -69,8 +86,32 @@ pub(crate) fn parse_tree_node(key: &[u8]) -> Option<(u8, u64)> {
 /// node signs with its own key.
 pub(crate) const SIGNED_CHECKPOINT: u8 = b'Q';
 
-/// `S` + stream sequence -> global sequence of the entry it became.
+/// `S` + stream sequence -> global sequence of the entry it became: the
+/// stream index of layout 2, replaced by `B` (removed by the upgrade).
 pub(crate) const BY_STREAM: u8 = b'S';
+/// `B` + (stream sequence / 256) -> the global sequences of the entries the
+/// 256 stream sequences of that chunk became (packed, see `packed.rs`; 0
+/// for a message that became no entry).
+pub(crate) const BY_STREAM_PACKED: u8 = b'B';
+/// `N` + case id + 0x00 + ((case sequence - 1) / 256) -> the global
+/// sequences of the case's entries of that chunk, in case order (packed,
+/// see `packed.rs`). Replaces layout 2's `C`, one record per entry.
+pub(crate) const CASE_PACKED: u8 = b'N';
+
+/// The prefix of a case's `N` records. Case ids never contain 0x00 (the
+/// domain allows `[A-Za-z0-9_-]`), so the separator keeps one case's
+/// prefix from matching another's.
+pub(crate) fn case_chunk_prefix(case_id: &str) -> Vec<u8> {
+    let mut k = named(CASE_PACKED, case_id);
+    k.push(0);
+    k
+}
+
+pub(crate) fn case_chunk(case_id: &str, chunk: u64) -> Vec<u8> {
+    let mut k = case_chunk_prefix(case_id);
+    k.extend_from_slice(&chunk.to_be_bytes());
+    k
+}
 /// `X` + agency (one byte, of the subject) + event id -> stream sequence of
 /// the latest rejection of that agency's event id. Written only for a
 /// subject whose agency token is valid and a well-formed event id.
@@ -87,10 +128,13 @@ pub(crate) const CHECKPOINT: &[u8] = b"Mcheckpoint";
 pub(crate) const RECEIPTS_SENT: &[u8] = b"Mreceipts";
 /// `M` + name -> metadata: the storage layout version (one byte), written
 /// with every group. Layout 1 (no marker) keyed `D` and `X` by event id
-/// alone; layout 2 keys them by (agency, event id).
+/// alone; layout 2 keys them by (agency, event id); layout 3 stores the
+/// Merkle tree as tiles (`G`) instead of one record per node (`T`).
 pub(crate) const LAYOUT: &[u8] = b"Mlayout";
 /// The layout this version writes and reads.
-pub(crate) const LAYOUT_VERSION: u8 = 2;
+pub(crate) const LAYOUT_VERSION: u8 = 3;
+/// The layout `rebuild` upgrades in place (only the derived tree differs).
+pub(crate) const LAYOUT_NODES: u8 = 2;
 
 /// `prefix` + agency number (one byte) + id: the agency-scoped indexes
 /// (`D`, `X`). Agency numbers are 1 to 7; a layout-1 key has an id
@@ -114,20 +158,6 @@ pub(crate) fn named(prefix: u8, name: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + name.len());
     k.push(prefix);
     k.extend_from_slice(name.as_bytes());
-    k
-}
-
-/// Case ids never contain 0x00 (the domain allows `[A-Za-z0-9_-]`), so the
-/// separator keeps one case's prefix from matching another's.
-pub(crate) fn case_prefix(case_id: &str) -> Vec<u8> {
-    let mut k = named(CASE_INDEX, case_id);
-    k.push(0);
-    k
-}
-
-pub(crate) fn case_index(case_id: &str, case_seq: u64) -> Vec<u8> {
-    let mut k = case_prefix(case_id);
-    k.extend_from_slice(&case_seq.to_be_bytes());
     k
 }
 

@@ -20,8 +20,10 @@ mod error;
 mod keys;
 mod log;
 mod merkle;
+mod packed;
 mod receipts;
 mod store;
+mod tiles;
 
 pub use access::{ACCESS_HIGH_WATER_FILE, AccessLog, GAP_METHOD, Lost, access_hash};
 pub use checkpoint::{

@@ -15,9 +15,11 @@ use sha2::{Digest, Sha256};
 use crate::access::AccessLog;
 use crate::error::{Error, Location, Result};
 use crate::keys;
-use crate::merkle::{self, Frontier, Hash, Stored};
+use crate::merkle::{self, Frontier, Hash};
+use crate::packed;
 use crate::receipts;
 use crate::store::{self, HighWater, Store, StoreOptions};
+use crate::tiles::{self, Edge};
 
 /// The largest event the node accepts, in bytes. Larger messages are
 /// rejected (and kept, cut to this size) rather than stored.
@@ -217,6 +219,10 @@ struct Inner {
     /// to, and the node reports it, while what is there stays readable for
     /// an investigation.
     damage: Mutex<Option<String>>,
+    /// The Merkle tree's right frontier after the last group, with the
+    /// size and last entry hash it belongs to (which fix the whole tree,
+    /// through the hash chain), so that an append reads no tile back.
+    frontier: Mutex<Option<(u64, Vec<u8>, Frontier)>>,
 }
 
 /// A log found below its high-water mark: it holds `have` entries, but
@@ -331,6 +337,7 @@ impl Log {
                 high_water: Mutex::new(high_water),
                 behind: Mutex::new(behind),
                 damage: Mutex::new(damage),
+                frontier: Mutex::new(None),
             }),
         };
         if log.behind().is_none() {
@@ -537,23 +544,26 @@ impl Log {
         let mut cp = self.writer();
         self.check_layout(&cp)?;
         // A log written before it kept a Merkle tree (or one whose tree was
-        // damaged) must be rebuilt before it grows: say so before anything.
-        if let Some(last) = cp.global_sequence.checked_sub(1)
-            && merkle::read_node(&self.log_tree()?, 0, last)?.is_none()
-        {
-            return Err(merkle::missing(0, last));
-        }
-        let mut work = Group::new(self, self.log_tree()?, cp.clone(), keys);
+        // damaged) must be rebuilt before it grows: the frontier says so
+        // before anything.
+        let frontier = self.frontier(&cp)?;
+        let mut work = Group::new(self, self.log_tree()?, cp.clone(), keys, frontier);
         let mut outcomes = Vec::with_capacity(group.len());
         for msg in group {
             let outcome = work.process(msg)?;
             outcomes.push((msg.stream_sequence, outcome));
         }
-        let (batch, next) = work.finish();
+        let (batch, next, frontier) = work.finish();
         if next != *cp {
             let (store, h) = (&self.inner.store, self.handles()?);
             store.note(h.log.apply_batch(batch))?;
             store.note(h.db.flush())?;
+            *self
+                .inner
+                .frontier
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) =
+                Some((next.global_sequence, next.last_hash.clone(), frontier));
             *cp = next;
             *self
                 .inner
@@ -570,6 +580,23 @@ impl Log {
             outcomes,
             checkpoint,
         })
+    }
+
+    /// The Merkle tree's right frontier at the checkpoint `cp`: the one
+    /// kept after the last group when it belongs to `cp`, else computed
+    /// from the rightmost stored tiles (after a start, a rebuild, a repair).
+    fn frontier(&self, cp: &Checkpoint) -> Result<Frontier> {
+        if let Some((size, last, f)) = &*self
+            .inner
+            .frontier
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            && *size == cp.global_sequence
+            && *last == cp.last_hash
+        {
+            return Ok(f.clone());
+        }
+        tiles::frontier(&tiles::Stored::new(&self.log_tree()?), cp.global_sequence)
     }
 
     /// The keys `append_group` will need for this group: cases with
@@ -632,26 +659,30 @@ impl Log {
 
     /// Entries of one case with a case sequence above `after`, at most `limit`.
     pub fn case_entries(&self, case_id: &str, after: u64, limit: usize) -> Result<Vec<LogEntry>> {
-        let start = keys::case_index(case_id, after.saturating_add(1));
-        let prefix = keys::case_prefix(case_id);
+        let tree = &self.log_tree()?;
         let mut out = Vec::new();
-        for item in self.log_tree()?.range(start..) {
-            if out.len() >= limit {
+        let mut case_seq = after.saturating_add(1);
+        'records: while out.len() < limit {
+            let Some(record) = tree.get(packed::case_key(case_id, case_seq))? else {
                 break;
+            };
+            loop {
+                if out.len() >= limit {
+                    break 'records;
+                }
+                let Some(g) = packed::get(&record, packed::case_slot(case_seq)) else {
+                    break 'records;
+                };
+                let entry = read_entry(tree, g)?.ok_or_else(|| Error::Corruption {
+                    at: Location::Entry(g),
+                    detail: format!("indexed by case {case_id} but missing"),
+                })?;
+                out.push(entry);
+                case_seq = case_seq.saturating_add(1);
+                if packed::case_slot(case_seq) == 0 {
+                    continue 'records;
+                }
             }
-            let (k, v) = item?;
-            if !k.starts_with(&prefix) {
-                break;
-            }
-            let gseq = keys::be_u64(&v).ok_or_else(|| Error::Corruption {
-                at: Location::Key(hex::encode(&k)),
-                detail: "case index value is not a sequence".into(),
-            })?;
-            let entry = read_entry(&self.log_tree()?, gseq)?.ok_or_else(|| Error::Corruption {
-                at: Location::Entry(gseq),
-                detail: format!("indexed by case {case_id} but missing"),
-            })?;
-            out.push(entry);
         }
         Ok(out)
     }
@@ -862,9 +893,8 @@ impl Log {
     pub fn receipt(&self, stream_sequence: u64) -> Result<Option<Receipt>> {
         let tree = &self.log_tree()?;
         if let Some(g) = tree
-            .get(keys::seq(keys::BY_STREAM, stream_sequence))?
-            .as_deref()
-            .and_then(keys::be_u64)
+            .get(packed::by_stream_key(stream_sequence))?
+            .and_then(|r| packed::get(&r, stream_sequence % packed::SLOTS))
         {
             let entry = read_entry(tree, g)?.ok_or_else(|| Error::Corruption {
                 at: Location::Entry(g),
@@ -929,6 +959,13 @@ impl Log {
         let tree = &self.log_tree()?;
         match tree.get(keys::LAYOUT)? {
             Some(v) if v.as_ref() == [keys::LAYOUT_VERSION] => Ok(()),
+            Some(v) if v.as_ref() == [keys::LAYOUT_NODES] => Err(Error::Layout {
+                detail: format!(
+                    "the data directory has storage layout {} (the Merkle tree one record per node), and this lianxi keeps the tree as tiles (layout {}); start `lianxi serve` on it, or run `lianxi rebuild` once, and the tree is rewritten from the entries (everything else is kept)",
+                    keys::LAYOUT_NODES,
+                    keys::LAYOUT_VERSION
+                ),
+            }),
             Some(v) => Err(Error::Layout {
                 detail: format!(
                     "the data directory has storage layout {}, and this lianxi reads layout {}; run the lianxi version that wrote it, or start this one on an empty data directory (it reads the events stream again from the start)",
@@ -949,6 +986,60 @@ impl Log {
                 ),
             }),
         }
+    }
+
+    /// Upgrades a data directory of storage layout 2 (the Merkle tree one
+    /// record per node) in place: `rebuild` rewrites the tree as tiles from
+    /// the entries. The rebuild's report when it did; nothing for any other
+    /// layout.
+    pub fn upgrade_storage_layout(&self) -> Result<Option<RebuildReport>> {
+        let nodes = self
+            .log_tree()?
+            .get(keys::LAYOUT)?
+            .is_some_and(|v| v.as_ref() == [keys::LAYOUT_NODES]);
+        if !nodes {
+            return Ok(None);
+        }
+        // The per-entry case and stream indexes become packed records; then
+        // the tree becomes tiles, and the layout marker moves on. Each step
+        // can be run again after a crash.
+        {
+            let _writer = self.writer();
+            let tree = &self.log_tree()?;
+            let mut batch = sled::Batch::default();
+            for prefix in [
+                keys::CASE_INDEX,
+                keys::BY_STREAM,
+                keys::CASE_PACKED,
+                keys::BY_STREAM_PACKED,
+            ] {
+                for item in tree.scan_prefix([prefix]) {
+                    batch.remove(item?.0);
+                }
+            }
+            let mut index = packed::Records::default();
+            for item in tree.scan_prefix([keys::ENTRY]) {
+                let (k, v) = item?;
+                let entry = decode_entry(&k, &v)?;
+                let case_id = entry
+                    .event
+                    .as_ref()
+                    .map(|e| e.case_id.clone())
+                    .unwrap_or_default();
+                index_entry(&mut index, &case_id, &entry, |_| Ok(None))?;
+            }
+            index.write(&mut batch);
+            tree.apply_batch(batch)?;
+        }
+        let report = self.rebuild()?;
+        tracing::info!(
+            data_dir = %self.path().display(),
+            entries = report.entries,
+            "storage layout {} upgraded to {}: the Merkle tree is kept as tiles",
+            keys::LAYOUT_NODES,
+            keys::LAYOUT_VERSION
+        );
+        Ok(Some(report))
     }
 
     /// `Err(Error::Layout)`, saying what to do, when the data directory was
@@ -1023,12 +1114,19 @@ impl Log {
         let tree = &self.log_tree()?;
         let mut batch = sled::Batch::default();
         let mut report = RepairReport::default();
-        for prefix in [keys::CASE_INDEX, keys::DEDUP, keys::BY_STREAM] {
+        for prefix in [
+            keys::CASE_INDEX,
+            keys::CASE_PACKED,
+            keys::DEDUP,
+            keys::BY_STREAM,
+            keys::BY_STREAM_PACKED,
+        ] {
             for item in tree.scan_prefix([prefix]) {
                 let (k, _) = item?;
                 batch.remove(k);
             }
         }
+        let mut index = packed::Records::default();
         // The intact prefix: dense and chained from entry 1, at most up to
         // the checkpoint. Everything after its first gap or broken link is
         // removed and read from the stream again.
@@ -1061,15 +1159,15 @@ impl Log {
                 continue;
             }
             let event = entry.event.clone().unwrap_or_default();
-            let g = entry.global_sequence.to_be_bytes();
-            batch.insert(keys::case_index(&event.case_id, entry.case_sequence), &g);
+            let g = entry.global_sequence;
+            index_entry(&mut index, &event.case_id, &entry, |_| Ok(None))?;
             batch.insert(
                 keys::scoped(keys::DEDUP, agency_of(&event), &event.event_id),
-                &g,
+                &g.to_be_bytes(),
             );
-            batch.insert(&keys::seq(keys::BY_STREAM, entry.stream_sequence), &g);
             kept = Some(entry);
         }
+        index.write(&mut batch);
         let kept_size = kept.as_ref().map_or(0, |e| e.global_sequence);
         let cp = if kept_size == cp.global_sequence {
             cp
@@ -1156,7 +1254,7 @@ impl Log {
         let mut history: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         let mut entries = 0u64;
         let mut frontier = Frontier::default();
-        let mut nodes = Vec::new();
+        let mut edge = Edge::default();
         for item in tree.scan_prefix([keys::ENTRY]) {
             let (k, v) = item?;
             let entry = decode_entry(&k, &v)?;
@@ -1174,7 +1272,7 @@ impl Log {
                     ),
                 });
             }
-            nodes.extend(frontier.push(merkle::leaf_hash(&hash))?);
+            edge.add(&frontier.push(merkle::leaf_hash(&hash))?, |_, _| Ok(None))?;
             let event = entry.event.clone().unwrap_or_default();
             let person = entry_person(&entry);
             let prior = person.as_ref().and_then(|p| persons.get(p)).cloned();
@@ -1209,7 +1307,13 @@ impl Log {
             entries += 1;
         }
         let mut batch = sled::Batch::default();
-        for prefix in [keys::VIEW, keys::PERSON, keys::PERSON_HISTORY, keys::TREE] {
+        for prefix in [
+            keys::VIEW,
+            keys::PERSON,
+            keys::PERSON_HISTORY,
+            keys::TREE,
+            keys::TILE,
+        ] {
             for item in tree.scan_prefix([prefix]) {
                 let (k, _) = item?;
                 batch.remove(k);
@@ -1224,8 +1328,15 @@ impl Log {
         for (key, value) in &history {
             batch.insert(key.as_slice(), value.as_slice());
         }
-        for (level, index, hash) in &nodes {
-            batch.insert(&keys::tree_node(*level, *index), hash);
+        edge.write(&mut batch);
+        // The tree is now tiles: a log of layout 2 (one record per node)
+        // is upgraded. A layout-1 log keeps its marker (its dedup keys
+        // still need the older version).
+        if tree
+            .get(keys::LAYOUT)?
+            .is_some_and(|v| v.as_ref() == [keys::LAYOUT_NODES])
+        {
+            batch.insert(keys::LAYOUT, &[keys::LAYOUT_VERSION]);
         }
         tree.apply_batch(batch)?;
         self.inner.store.note(self.handles()?.db.flush())?;
@@ -1246,6 +1357,7 @@ impl Log {
         let mut expected = 1u64;
         let mut case_seqs: HashMap<String, u64> = HashMap::new();
         let mut frontier = Frontier::default();
+        let mut edge = Edge::default();
         for item in tree.scan_prefix([keys::ENTRY]) {
             let (k, v) = item?;
             let entry = decode_entry(&k, &v)?;
@@ -1287,8 +1399,10 @@ impl Log {
                     case_seq, event.case_id, entry.case_sequence
                 )));
             }
-            let indexed = tree.get(keys::case_index(&event.case_id, *case_seq))?;
-            if indexed.as_deref().and_then(keys::be_u64) != Some(expected) {
+            let indexed = tree
+                .get(packed::case_key(&event.case_id, *case_seq))?
+                .and_then(|r| packed::get(&r, packed::case_slot(*case_seq)));
+            if indexed != Some(expected) {
                 return Err(Error::Corruption {
                     at: Location::CaseIndex(event.case_id.clone(), *case_seq),
                     detail: format!("does not point at entry {expected}"),
@@ -1301,21 +1415,9 @@ impl Log {
                     detail: format!("does not point at entry {expected}"),
                 });
             }
-            for (level, index, computed) in frontier.push(merkle::leaf_hash(&hash))? {
-                match merkle::read_node(tree, level, index)? {
-                    Some(stored) if stored == computed => {}
-                    Some(stored) => {
-                        return Err(Error::Corruption {
-                            at: Location::TreeNode(level, index),
-                            detail: format!(
-                                "the stored Merkle node {} does not match {} computed from the entries",
-                                hex::encode(stored),
-                                hex::encode(computed)
-                            ),
-                        });
-                    }
-                    None => return Err(merkle::missing(level, index)),
-                }
+            edge.add(&frontier.push(merkle::leaf_hash(&hash))?, |_, _| Ok(None))?;
+            for ((level, index), computed) in edge.take_full() {
+                check_tile(tree, level, index, &computed)?;
             }
             prev = hash;
             expected += 1;
@@ -1334,24 +1436,32 @@ impl Log {
                 ),
             });
         }
-        // No node may cover a leaf past the last entry.
-        for item in tree.scan_prefix([keys::TREE]) {
+        for ((level, index), computed) in edge.into_tiles() {
+            check_tile(tree, level, index, &computed)?;
+        }
+        // No tile may hold nodes past the last entry, and no record of the
+        // older one-record-per-node tree may be left.
+        for item in tree.scan_prefix([keys::TILE]) {
             let (k, _) = item?;
-            let Some((level, index)) = keys::parse_tree_node(&k) else {
+            let Some((level, index)) = keys::parse_tile(&k) else {
                 return Err(Error::Corruption {
                     at: Location::Key(hex::encode(&k)),
-                    detail: "not a Merkle tree node key".into(),
+                    detail: "not a Merkle tile key".into(),
                 });
             };
-            let end = index
-                .checked_add(1)
-                .and_then(|i| i.checked_mul(1u64.checked_shl(level.into())?));
-            if end.is_none_or(|end| end > entries) {
+            if tiles::expected_width(entries, level, index) == 0 {
                 return Err(Error::Corruption {
-                    at: Location::TreeNode(level, index),
+                    at: Location::Tile(level, index),
                     detail: format!("covers leaves past the log's {entries} entries"),
                 });
             }
+        }
+        if let Some(item) = tree.scan_prefix([keys::TREE]).next() {
+            let (k, _) = item?;
+            return Err(Error::Corruption {
+                at: Location::Key(hex::encode(&k)),
+                detail: "a Merkle node record of storage layout 2 is left beside the tiles; run `lianxi rebuild`".into(),
+            });
         }
         Ok(VerifyReport {
             entries,
@@ -1371,7 +1481,11 @@ impl Log {
     /// tree's root, SHA-256 of the empty string, for 0), from O(log n)
     /// stored subtrees. `OutOfRange` past `tree_size`.
     pub fn root(&self, size: u64) -> Result<[u8; 32]> {
-        merkle::root(&Stored(&self.log_tree()?), size, self.tree_size())
+        merkle::root(
+            &tiles::Stored::new(&self.log_tree()?),
+            size,
+            self.tree_size(),
+        )
     }
 
     /// The inclusion proof (RFC 9162 §2.1.3.1 audit path) of leaf
@@ -1380,7 +1494,7 @@ impl Log {
     /// `leaf_index < size <= tree_size`.
     pub fn inclusion_proof(&self, leaf_index: u64, size: u64) -> Result<Vec<[u8; 32]>> {
         merkle::inclusion_proof(
-            &Stored(&self.log_tree()?),
+            &tiles::Stored::new(&self.log_tree()?),
             leaf_index,
             size,
             self.tree_size(),
@@ -1392,7 +1506,12 @@ impl Log {
     /// unless `1 <= old <= new <= tree_size`; `old == new` gives an empty
     /// proof.
     pub fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<[u8; 32]>> {
-        merkle::consistency_proof(&Stored(&self.log_tree()?), old, new, self.tree_size())
+        merkle::consistency_proof(
+            &tiles::Stored::new(&self.log_tree()?),
+            old,
+            new,
+            self.tree_size(),
+        )
     }
 
     /// The raw tree, for tests in this crate that tamper with storage.
@@ -1564,14 +1683,14 @@ impl Tamper<'_> {
             batch.remove(k);
             removed += 1;
         }
-        for item in tree.scan_prefix([keys::TREE]) {
-            let (k, _) = item?;
-            if let Some((level, index)) = keys::parse_tree_node(&k) {
-                let end = index
-                    .checked_add(1)
-                    .and_then(|i| i.checked_mul(1u64.checked_shl(level.into())?));
-                if end.is_none_or(|end| end > keep) {
+        for item in tree.scan_prefix([keys::TILE]) {
+            let (k, v) = item?;
+            if let Some((level, index)) = keys::parse_tile(&k) {
+                let width = tiles::expected_width(keep, level, index);
+                if width == 0 {
                     batch.remove(k);
+                } else if (v.len() as u64) > width * 32 {
+                    batch.insert(k, &v[..(width * 32) as usize]);
                 }
             }
         }
@@ -1634,12 +1753,22 @@ struct Group<'a> {
     /// Accepted in this group, by (agency, event id), for corrections.
     events: HashMap<(Agency, String), Event>,
     keys: &'a GroupKeys,
-    /// Merkle tree nodes written by earlier entries of this group.
-    nodes: HashMap<(u8, u64), Hash>,
+    /// The Merkle tree's right frontier, as of the group's last entry.
+    frontier: Frontier,
+    /// The tiles the group's entries change.
+    edge: Edge,
+    /// The packed index records (by case, by stream) the group changes.
+    index: packed::Records,
 }
 
 impl<'a> Group<'a> {
-    fn new(log: &'a Log, tree: sled::Tree, cp: Checkpoint, keys: &'a GroupKeys) -> Self {
+    fn new(
+        log: &'a Log,
+        tree: sled::Tree,
+        cp: Checkpoint,
+        keys: &'a GroupKeys,
+        frontier: Frontier,
+    ) -> Self {
         Group {
             log,
             tree,
@@ -1651,7 +1780,9 @@ impl<'a> Group<'a> {
             case_persons: HashMap::new(),
             events: HashMap::new(),
             keys,
-            nodes: HashMap::new(),
+            frontier,
+            edge: Edge::default(),
+            index: packed::Records::default(),
         }
     }
 
@@ -1659,7 +1790,7 @@ impl<'a> Group<'a> {
         &self.tree
     }
 
-    fn finish(mut self) -> (sled::Batch, Checkpoint) {
+    fn finish(mut self) -> (sled::Batch, Checkpoint, Frontier) {
         // Views are written once per group, not once per event.
         for (case, view) in &self.views {
             self.batch
@@ -1674,7 +1805,9 @@ impl<'a> Group<'a> {
         }
         self.batch.insert(keys::CHECKPOINT, self.cp.encode_to_vec());
         self.batch.insert(keys::LAYOUT, &[keys::LAYOUT_VERSION]);
-        (self.batch, self.cp)
+        std::mem::take(&mut self.edge).write(&mut self.batch);
+        std::mem::take(&mut self.index).write(&mut self.batch);
+        (self.batch, self.cp, self.frontier)
     }
 
     fn process(&mut self, msg: &Incoming) -> Result<EventOutcome> {
@@ -1886,20 +2019,16 @@ impl<'a> Group<'a> {
             &keys::seq(keys::ENTRY, global_sequence),
             entry.encode_to_vec(),
         );
-        self.batch.insert(
-            keys::case_index(&event.case_id, case_sequence),
-            &global_sequence.to_be_bytes(),
-        );
         let agency = agency_of(&event);
         self.batch.insert(
             keys::scoped(keys::DEDUP, agency, &event.event_id),
             &global_sequence.to_be_bytes(),
         );
-        self.batch.insert(
-            &keys::seq(keys::BY_STREAM, msg.stream_sequence),
-            &global_sequence.to_be_bytes(),
-        );
-        self.add_leaf(global_sequence - 1, &hash)?;
+        let tree = &self.tree;
+        index_entry(&mut self.index, &event.case_id, &entry, |k| {
+            Ok(tree.get(k)?.map(|v| v.to_vec()))
+        })?;
+        self.add_leaf(&hash)?;
         self.views.insert(event.case_id.clone(), view);
         self.dedup
             .insert((agency, event.event_id.clone()), global_sequence);
@@ -1924,23 +2053,14 @@ impl<'a> Group<'a> {
         Ok(outcome)
     }
 
-    /// Adds the entry's leaf to the Merkle tree: the leaf and every perfect
-    /// subtree it completes go into the group's batch (and the overlay, for
-    /// the group's later leaves).
-    fn add_leaf(&mut self, index: u64, entry_hash: &Hash) -> Result<()> {
-        let leaf = merkle::leaf_hash(entry_hash);
+    /// Adds the entry's leaf to the Merkle tree: the frontier moves on,
+    /// and the nodes it completes at a tile level go into their tiles (a
+    /// partial tile at the right edge is read once per group).
+    fn add_leaf(&mut self, entry_hash: &Hash) -> Result<()> {
+        let created = self.frontier.push(merkle::leaf_hash(entry_hash))?;
         let tree = &self.tree;
-        let overlay = &self.nodes;
-        let created =
-            merkle::append_leaf(index, leaf, |level, i| match overlay.get(&(level, i)) {
-                Some(h) => Ok(*h),
-                None => merkle::read_node(tree, level, i)?.ok_or_else(|| merkle::missing(level, i)),
-            })?;
-        for (level, i, hash) in created {
-            self.batch.insert(&keys::tree_node(level, i), &hash);
-            self.nodes.insert((level, i), hash);
-        }
-        Ok(())
+        self.edge
+            .add(&created, |level, index| tiles::read(tree, level, index))
     }
 
     fn view(&self, case_id: &str) -> Result<Option<CaseView>> {
@@ -2189,6 +2309,11 @@ fn check_tail(tree: &sled::Tree, cp: &Checkpoint) -> Result<()> {
     }
     let first = last.saturating_sub(TAIL_CHECK - 1).max(1);
     let mut prev: Option<Vec<u8>> = None;
+    // A layout-2 log (upgraded by `serve` or `rebuild`) has a record per
+    // node instead of tiles.
+    let nodes_layout = tree
+        .get(keys::LAYOUT)?
+        .is_some_and(|v| v.as_ref() == [keys::LAYOUT_NODES]);
     for seq in first..=last {
         let entry = read_entry(tree, seq)?.ok_or_else(|| Error::Corruption {
             at: Location::Entry(seq),
@@ -2202,9 +2327,14 @@ fn check_tail(tree: &sled::Tree, cp: &Checkpoint) -> Result<()> {
                 detail: "does not link to the entry before it".to_owned(),
             });
         }
-        if merkle::read_node(tree, 0, seq - 1)?.is_none() {
+        let leaf = if nodes_layout {
+            tree.contains_key(keys::tree_node(0, seq - 1))?
+        } else {
+            tiles::has_leaf(tree, seq - 1)?
+        };
+        if !leaf {
             return Err(Error::Corruption {
-                at: Location::TreeNode(0, seq - 1),
+                at: Location::Tile(0, (seq - 1) / tiles::WIDTH),
                 detail: format!("missing, though the checkpoint covers {last} entries"),
             });
         }
@@ -2246,6 +2376,53 @@ fn read_view(tree: &sled::Tree, case_id: &str) -> Result<Option<CaseView>> {
                 detail: e.to_string(),
             }),
         None => Ok(None),
+    }
+}
+
+/// Puts an entry into the packed indexes: its case's, by case sequence,
+/// and the stream's, by stream sequence. `stored` reads a record the set
+/// has not touched yet.
+fn index_entry(
+    index: &mut packed::Records,
+    case_id: &str,
+    entry: &LogEntry,
+    mut stored: impl FnMut(&[u8]) -> Result<Option<Vec<u8>>>,
+) -> Result<()> {
+    let g = entry.global_sequence;
+    index.set(
+        &packed::case_key(case_id, entry.case_sequence),
+        packed::case_slot(entry.case_sequence),
+        g,
+        &mut stored,
+    )?;
+    index.set(
+        &packed::by_stream_key(entry.stream_sequence),
+        entry.stream_sequence % packed::SLOTS,
+        g,
+        &mut stored,
+    )
+}
+
+/// Compares a stored tile with the one computed from the entries.
+fn check_tile(tree: &sled::Tree, level: u8, index: u64, computed: &[u8]) -> Result<()> {
+    match tiles::read(tree, level, index)? {
+        Some(stored) if stored == computed => Ok(()),
+        Some(stored) => {
+            let differs = stored
+                .chunks(32)
+                .zip(computed.chunks(32))
+                .position(|(a, b)| a != b)
+                .unwrap_or(stored.len().min(computed.len()) / 32);
+            Err(Error::Corruption {
+                at: Location::Tile(level, index),
+                detail: format!(
+                    "the stored tile ({} hashes) does not match the one computed from the entries ({} hashes) from hash {differs} on",
+                    stored.len() / 32,
+                    computed.len() / 32
+                ),
+            })
+        }
+        None => Err(tiles::missing(level, index)),
     }
 }
 

@@ -10,20 +10,16 @@
 //! time. A client holding an entry recomputes `entry_hash`, then
 //! `leaf_hash(&entry_hash)`, and checks it with `verify_inclusion`.
 //!
-//! Storage: every perfect subtree the log has completed is stored under
-//! `T` + level + index (see `keys::tree_node`), written in the same batch as
-//! the entry that completes it. A tree of `n` leaves is the perfect subtrees
-//! named by the binary digits of `n`, so the root at any size, and any
-//! inclusion or consistency proof, is O(log n) reads. Nothing stored is ever
-//! rewritten: appending only adds nodes.
+//! Storage is `tiles.rs`: the tree is kept as tlog-tiles, and any perfect
+//! subtree (so the root at any size, and any inclusion or consistency
+//! proof) is read from O(log n) of them. This module is the arithmetic.
 //!
 //! The verification functions are pure and need no log: they are what an
 //! auditor runs on a proof the node sent.
 
 use sha2::{Digest, Sha256};
 
-use crate::error::{Error, Location, Result};
-use crate::keys;
+use crate::error::{Error, Result};
 
 /// A SHA-256 hash: a leaf, a node or a root.
 pub type Hash = [u8; 32];
@@ -147,34 +143,6 @@ pub(crate) trait Nodes {
     fn node(&self, level: u8, index: u64) -> Result<Hash>;
 }
 
-/// The nodes stored in the log's sled tree.
-pub(crate) struct Stored<'a>(pub(crate) &'a sled::Tree);
-
-impl Nodes for Stored<'_> {
-    fn node(&self, level: u8, index: u64) -> Result<Hash> {
-        read_node(self.0, level, index)?.ok_or_else(|| missing(level, index))
-    }
-}
-
-pub(crate) fn read_node(tree: &sled::Tree, level: u8, index: u64) -> Result<Option<Hash>> {
-    match tree.get(keys::tree_node(level, index))? {
-        Some(v) => Hash::try_from(v.as_ref())
-            .map(Some)
-            .map_err(|_| Error::Corruption {
-                at: Location::TreeNode(level, index),
-                detail: format!("the stored node is {} bytes, not 32", v.len()),
-            }),
-        None => Ok(None),
-    }
-}
-
-pub(crate) fn missing(level: u8, index: u64) -> Error {
-    Error::Corruption {
-        at: Location::TreeNode(level, index),
-        detail: "missing: the Merkle tree is behind the log (written before the log kept one, or damaged); stop the node and run `lianxi rebuild`".into(),
-    }
-}
-
 /// The nodes that appending leaf number `index` with hash `leaf` creates:
 /// the leaf itself and every perfect subtree it completes, lowest first.
 /// `left(level, index)` gives an already stored node (the left sibling of
@@ -197,9 +165,10 @@ pub(crate) fn append_leaf(
 }
 
 /// The tree built leaf by leaf in memory, keeping only the perfect subtrees
-/// still waiting for a right sibling (at most one per level): for checking
-/// and rebuilding the stored nodes in one pass over the entries.
-#[derive(Default)]
+/// still waiting for a right sibling (at most one per level): what an
+/// append needs, so that it reads nothing back, and what checking and
+/// rebuilding the stored tiles needs in one pass over the entries.
+#[derive(Default, Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Frontier {
     size: u64,
     /// `pending[level]` is the left perfect subtree at that level when bit
@@ -212,6 +181,13 @@ impl Frontier {
         self.size
     }
 
+    /// The frontier of a tree of `size` leaves: `pending[level]` is the
+    /// perfect subtree named by bit `level` of `size` (any value where the
+    /// bit is clear).
+    pub(crate) fn from_parts(size: u64, pending: Vec<Hash>) -> Self {
+        Frontier { size, pending }
+    }
+
     /// Appends a leaf and returns the nodes it creates, as `append_leaf`.
     pub(crate) fn push(&mut self, leaf: Hash) -> Result<Vec<(u8, u64, Hash)>> {
         let index = self.size;
@@ -220,7 +196,10 @@ impl Frontier {
             pending
                 .get(usize::from(level))
                 .copied()
-                .ok_or_else(|| missing(level, i))
+                .ok_or_else(|| Error::Corruption {
+                    at: crate::error::Location::Tile(level / crate::tiles::HEIGHT, i),
+                    detail: "the in-memory frontier has no node at this level".into(),
+                })
         })?;
         if let Some(&(level, _, top)) = nodes.last() {
             let level = usize::from(level);

@@ -26,6 +26,15 @@ pub(crate) fn load_policy(path: Option<&Path>) -> Result<Policy> {
 }
 
 fn open(data: &DataArgs) -> Result<Log> {
+    let log = open_unchecked(data)?;
+    log.check_storage_layout()
+        .with_context(|| format!("cannot use the log in {}", data.data_dir.display()))?;
+    Ok(log)
+}
+
+/// Opens the log without refusing another storage layout (for `rebuild`,
+/// which upgrades layout 2).
+fn open_unchecked(data: &DataArgs) -> Result<Log> {
     let data_dir = &data.data_dir;
     if !data_dir.exists() {
         bail!(
@@ -37,11 +46,8 @@ fn open(data: &DataArgs) -> Result<Log> {
     let options = StoreOptions {
         cache_bytes: data.cache_mb.max(1) * 1024 * 1024,
     };
-    let log = Log::open_with(data_dir, policy, options)
-        .with_context(|| format!("cannot open the log in {}", data_dir.display()))?;
-    log.check_storage_layout()
-        .with_context(|| format!("cannot use the log in {}", data_dir.display()))?;
-    Ok(log)
+    Log::open_with(data_dir, policy, options)
+        .with_context(|| format!("cannot open the log in {}", data_dir.display()))
 }
 
 /// Runs `f` on the log, turning a panic of the storage library on a damaged
@@ -63,8 +69,20 @@ fn guarded<T>(data_dir: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
 pub(crate) fn rebuild(data: &DataArgs) -> Result<()> {
     let data_dir = &data.data_dir;
     guarded(data_dir, || {
-        let log = open(data)?;
-        let report = log.rebuild().context("rebuilding the views failed")?;
+        let log = open_unchecked(data)?;
+        // Layout 2 (the tree one record per node) is what rebuild upgrades;
+        // any other layout is refused as everywhere.
+        let report = match log
+            .upgrade_storage_layout()
+            .context("upgrading the storage layout failed")?
+        {
+            Some(report) => report,
+            None => {
+                log.check_storage_layout()
+                    .with_context(|| format!("cannot use the log in {}", data_dir.display()))?;
+                log.rebuild().context("rebuilding the views failed")?
+            }
+        };
         println!(
             "rebuilt {} case views from {} log entries in {}",
             report.cases,

@@ -160,8 +160,15 @@ pub(crate) async fn run(config: ServeConfig) -> Result<()> {
         },
     )
     .with_context(|| format!("cannot open the log in {}", config.data_dir.display()))?;
-    // A data directory of another storage layout is refused before the node
+    // A data directory of layout 2 is upgraded (its Merkle tree rewritten
+    // as tiles); one of another storage layout is refused before the node
     // reads or serves anything from it.
+    log.upgrade_storage_layout().with_context(|| {
+        format!(
+            "cannot upgrade the storage layout of the log in {}",
+            config.data_dir.display()
+        )
+    })?;
     log.check_storage_layout()
         .with_context(|| format!("cannot use the log in {}", config.data_dir.display()))?;
     // A log below its high-water mark (sled lost a tail) is made what it

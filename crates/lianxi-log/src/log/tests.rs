@@ -668,9 +668,9 @@ fn leaves_of(log: &Log) -> Vec<MkHash> {
         .collect()
 }
 
-fn tree_nodes(log: &Log) -> Vec<(Vec<u8>, Vec<u8>)> {
+fn tree_tiles(log: &Log) -> Vec<(Vec<u8>, Vec<u8>)> {
     log.tree()
-        .scan_prefix([keys::TREE])
+        .scan_prefix([keys::TILE])
         .map(|kv| {
             let (k, v) = kv.unwrap();
             (k.to_vec(), v.to_vec())
@@ -788,7 +788,7 @@ fn the_log_is_a_merkle_tree_whose_proofs_verify_and_survive_reopening() {
 
 #[test]
 fn logs_fed_in_different_groupings_have_the_same_tree() {
-    let msgs = stream(5, 500);
+    let msgs = stream(5, 1500);
     let a = tempfile::tempdir().unwrap();
     let b = tempfile::tempdir().unwrap();
     let la = Log::open(a.path(), Policy::default()).unwrap();
@@ -806,51 +806,83 @@ fn logs_fed_in_different_groupings_have_the_same_tree() {
             "size {size}"
         );
     }
-    assert_eq!(tree_nodes(&la), tree_nodes(&lb));
-    assert_eq!(
-        tree_nodes(&la).len() as u64,
-        2 * n - u64::from(n.count_ones())
+    assert_eq!(tree_tiles(&la), tree_tiles(&lb));
+    // One tile per 256 nodes (or fewer, at the right edge) of levels 0, 8,
+    // 16 ...: of the tlog-tiles layout, each as wide as the tree makes it.
+    let mut expected = Vec::new();
+    for level in 0u8..8 {
+        for index in 0.. {
+            match crate::tiles::expected_width(n, level, index) {
+                0 => break,
+                w => expected.push((keys::tile(level, index).to_vec(), w * 32)),
+            }
+        }
+    }
+    let stored: Vec<(Vec<u8>, u64)> = tree_tiles(&la)
+        .into_iter()
+        .map(|(k, v)| (k, v.len() as u64))
+        .collect();
+    assert_eq!(stored, expected);
+    assert!(
+        n > 256,
+        "{n} leaves: the test needs a full tile and a partial one"
     );
+    assert!(stored.len() >= 3, "{n} leaves: {} tiles", stored.len());
 }
 
 #[test]
-fn verify_names_a_flipped_missing_or_extra_tree_node() {
-    let (_d, log) = small_log();
+fn verify_names_a_flipped_missing_or_extra_tile() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = big_log(dir.path());
     let n = log.tree_size();
-    for (level, index) in [(0u8, 3u64), (1, 2), (3, 0)] {
-        let key = keys::tree_node(level, index);
+    assert!(n > 256, "the test needs a second level-0 tile: {n} entries");
+    for (level, index) in [(0u8, 0u64), (0, 1), (1, 0)] {
+        let key = keys::tile(level, index);
         let good = log.tree().get(key).unwrap().unwrap();
         let mut bad = good.to_vec();
         bad[9] ^= 0x40;
         log.tree().insert(key, bad).unwrap();
         match log.verify() {
             Err(Error::Corruption {
-                at: Location::TreeNode(l, i),
+                at: Location::Tile(l, i),
                 detail,
             }) if (l, i) == (level, index) => {
-                assert!(detail.contains("does not match"), "{detail}")
+                assert!(
+                    detail.contains("does not match") && detail.contains("from hash 0"),
+                    "{detail}"
+                )
             }
-            other => panic!("expected corruption at node {level}/{index}, got {other:?}"),
+            other => panic!("expected corruption at tile {level}/{index}, got {other:?}"),
         }
         log.tree().remove(key).unwrap();
         match log.verify() {
             Err(Error::Corruption {
-                at: Location::TreeNode(l, i),
+                at: Location::Tile(l, i),
                 detail,
             }) if (l, i) == (level, index) => assert!(detail.contains("missing"), "{detail}"),
-            other => panic!("expected a missing node {level}/{index}, got {other:?}"),
+            other => panic!("expected a missing tile {level}/{index}, got {other:?}"),
         }
         log.tree().insert(key, good).unwrap();
         log.verify().unwrap();
     }
-    // A node past the end of the log.
-    log.tree()
-        .insert(keys::tree_node(0, n), &[0u8; 32])
-        .unwrap();
+    // A tile past the end of the log.
+    let past = n / 256 + 1;
+    log.tree().insert(keys::tile(0, past), &[0u8; 32]).unwrap();
     assert!(matches!(
         log.verify(),
-        Err(Error::Corruption { at: Location::TreeNode(0, i), .. }) if i == n
+        Err(Error::Corruption { at: Location::Tile(0, i), .. }) if i == past
     ));
+    log.tree().remove(keys::tile(0, past)).unwrap();
+    // A node record of the older layout left beside the tiles.
+    log.tree()
+        .insert(keys::tree_node(0, 0), &[0u8; 32])
+        .unwrap();
+    match log.verify() {
+        Err(Error::Corruption { detail, .. }) => {
+            assert!(detail.contains("lianxi rebuild"), "{detail}")
+        }
+        other => panic!("expected a leftover node record, got {other:?}"),
+    }
 }
 
 #[test]
@@ -858,7 +890,7 @@ fn rebuild_gives_a_log_without_a_tree_its_tree() {
     let (_d, log) = small_log();
     let n = log.tree_size();
     let roots: Vec<MkHash> = (0..=n).map(|s| log.root(s).unwrap()).collect();
-    let nodes = tree_nodes(&log);
+    let nodes = tree_tiles(&log);
     // As a log written before the tree existed: no `T` keys at all.
     for (k, _) in &nodes {
         log.tree().remove(k).unwrap();
@@ -866,14 +898,14 @@ fn rebuild_gives_a_log_without_a_tree_its_tree() {
     assert!(matches!(
         log.root(n),
         Err(Error::Corruption {
-            at: Location::TreeNode(..),
+            at: Location::Tile(..),
             ..
         })
     ));
     assert!(matches!(
         log.inclusion_proof(0, n),
         Err(Error::Corruption {
-            at: Location::TreeNode(..),
+            at: Location::Tile(..),
             ..
         })
     ));
@@ -882,7 +914,7 @@ fn rebuild_gives_a_log_without_a_tree_its_tree() {
     match log.append_group(&more[200..], &TEST_KEYS) {
         Err(
             e @ Error::Corruption {
-                at: Location::TreeNode(0, _),
+                at: Location::Tile(..),
                 ..
             },
         ) => {
@@ -892,7 +924,7 @@ fn rebuild_gives_a_log_without_a_tree_its_tree() {
     }
     assert_eq!(log.checkpoint().stream_sequence, 200);
     log.rebuild().unwrap();
-    assert_eq!(tree_nodes(&log), nodes);
+    assert_eq!(tree_tiles(&log), nodes);
     let again: Vec<MkHash> = (0..=n).map(|s| log.root(s).unwrap()).collect();
     assert_eq!(again, roots);
     log.verify().unwrap();
@@ -901,6 +933,170 @@ fn rebuild_gives_a_log_without_a_tree_its_tree() {
         log.root(log.tree_size()).unwrap(),
         naive_mth(&leaves_of(&log))
     );
+    log.verify().unwrap();
+}
+
+/// Rewrites a log's derived records as storage layout 2 kept them: one
+/// record per Merkle node (`T`), per case entry (`C`) and per stream
+/// sequence (`S`), and the layout marker 2.
+fn as_layout_2(log: &Log) {
+    let t = log.tree();
+    for prefix in [keys::TILE, keys::CASE_PACKED, keys::BY_STREAM_PACKED] {
+        for kv in t.scan_prefix([prefix]) {
+            t.remove(kv.unwrap().0).unwrap();
+        }
+    }
+    let mut frontier = Frontier::default();
+    for e in log.entries(0, usize::MAX).unwrap() {
+        let g = e.global_sequence.to_be_bytes();
+        for (level, index, hash) in frontier.push(mk::leaf_hash(&e.hash)).unwrap() {
+            t.insert(keys::tree_node(level, index), &hash).unwrap();
+        }
+        let mut k = keys::named(keys::CASE_INDEX, &e.event.as_ref().unwrap().case_id);
+        k.push(0);
+        k.extend_from_slice(&e.case_sequence.to_be_bytes());
+        t.insert(k, &g).unwrap();
+        t.insert(keys::seq(keys::BY_STREAM, e.stream_sequence), &g)
+            .unwrap();
+    }
+    t.insert(keys::LAYOUT, &[keys::LAYOUT_NODES]).unwrap();
+    t.flush().unwrap();
+}
+
+#[test]
+fn a_layout_2_directory_is_upgraded_in_place_with_the_same_roots_proofs_and_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = big_log(dir.path());
+    let n = log.tree_size();
+    let sizes = [1, 255, 256, 257, 1024, 1025, n];
+    let roots: Vec<MkHash> = sizes.iter().map(|&s| log.root(s).unwrap()).collect();
+    let proof = log.inclusion_proof(700, n).unwrap();
+    let views = log.view_bytes().unwrap();
+    let cases: Vec<String> = views.iter().map(|(c, _)| c.clone()).take(40).collect();
+    let timelines: Vec<Vec<LogEntry>> = cases
+        .iter()
+        .map(|c| log.case_entries(c, 0, usize::MAX).unwrap())
+        .collect();
+    let last_stream = log.checkpoint().stream_sequence;
+    let receipts: Vec<_> = (1..=last_stream).map(|s| log.receipt(s).unwrap()).collect();
+    as_layout_2(&log);
+    drop(log);
+
+    let log = Log::open(dir.path(), Policy::default()).unwrap();
+    match log.check_storage_layout() {
+        Err(e @ Error::Layout { .. }) => {
+            assert!(e.to_string().contains("lianxi rebuild"), "{e}")
+        }
+        other => panic!("expected a layout error, got {other:?}"),
+    }
+    let report = log.upgrade_storage_layout().unwrap().expect("upgraded");
+    assert_eq!(report.entries, n);
+    log.check_storage_layout().unwrap();
+    assert!(
+        log.upgrade_storage_layout().unwrap().is_none(),
+        "once is enough"
+    );
+    for prefix in [keys::TREE, keys::CASE_INDEX, keys::BY_STREAM] {
+        assert!(
+            log.tree().scan_prefix([prefix]).next().is_none(),
+            "{prefix}"
+        );
+    }
+    log.verify().unwrap();
+    let again: Vec<MkHash> = sizes.iter().map(|&s| log.root(s).unwrap()).collect();
+    assert_eq!(again, roots);
+    assert_eq!(log.inclusion_proof(700, n).unwrap(), proof);
+    assert_eq!(log.view_bytes().unwrap(), views);
+    for (c, timeline) in cases.iter().zip(&timelines) {
+        assert_eq!(&log.case_entries(c, 0, usize::MAX).unwrap(), timeline);
+        // Pages of any size give the same timeline.
+        let mut paged = Vec::new();
+        loop {
+            let page = log.case_entries(c, paged.len() as u64, 3).unwrap();
+            if page.is_empty() {
+                break;
+            }
+            paged.extend(page);
+        }
+        assert_eq!(&paged, timeline);
+    }
+    let receipts_again: Vec<_> = (1..=last_stream).map(|s| log.receipt(s).unwrap()).collect();
+    assert_eq!(receipts_again, receipts);
+    // And it grows as a layout-3 log.
+    let more = stream(31, 4800);
+    log.append_group(&more[4500..], &TEST_KEYS).unwrap();
+    assert!(log.tree_size() > n);
+    log.verify().unwrap();
+}
+
+#[test]
+fn a_case_with_more_entries_than_one_packed_record_reads_back_whole_and_in_pages() {
+    // 600 progress reports on one case, between the events of two others:
+    // its timeline spans three packed records.
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), Policy::default()).unwrap();
+    let mut msgs = vec![
+        publish(&opening("o-long", "C-LONG", Agency::Police), 1),
+        publish(&opening("o-other", "C-OTHER", Agency::Police), 2),
+    ];
+    for i in 0..600u64 {
+        let mut e = opening(&format!("p-{i}"), "C-LONG", Agency::Police);
+        e.body = Some(pb::event::Body::ProgressReported(pb::ProgressReported {
+            summary: format!("visit {i}"),
+        }));
+        msgs.push(publish(&e, msgs.len() as u64 + 1));
+        if i % 50 == 0 {
+            let mut o = opening(&format!("q-{i}"), "C-OTHER", Agency::Police);
+            o.body = e.body.clone();
+            msgs.push(publish(&o, msgs.len() as u64 + 1));
+        }
+    }
+    for chunk in msgs.chunks(97) {
+        log.append_group(chunk, &TEST_KEYS).unwrap();
+    }
+    let all = log.case_entries("C-LONG", 0, usize::MAX).unwrap();
+    assert_eq!(all.len(), 601);
+    assert!(
+        all.iter()
+            .enumerate()
+            .all(|(i, e)| e.case_sequence == i as u64 + 1
+                && e.event.as_ref().unwrap().case_id == "C-LONG")
+    );
+    assert_eq!(
+        log.case_entries("C-OTHER", 0, usize::MAX).unwrap().len(),
+        13
+    );
+    for after in [
+        0u64,
+        1,
+        255,
+        256,
+        257,
+        511,
+        512,
+        599,
+        600,
+        601,
+        700,
+        u64::MAX,
+    ] {
+        for limit in [1usize, 2, 300] {
+            let page = log.case_entries("C-LONG", after, limit).unwrap();
+            let want: Vec<LogEntry> = all
+                .iter()
+                .skip(after.min(601) as usize)
+                .take(limit)
+                .cloned()
+                .collect();
+            assert_eq!(page, want, "after {after}, limit {limit}");
+        }
+    }
+    // Every message's receipt is found through the packed stream index.
+    for m in &msgs {
+        let r = log.receipt(m.stream_sequence).unwrap().expect("a receipt");
+        assert_eq!(r.status, lianxi_proto::v1::ReceiptStatus::Accepted as i32);
+    }
+    assert_eq!(log.receipt(msgs.len() as u64 + 1).unwrap(), None);
     log.verify().unwrap();
 }
 

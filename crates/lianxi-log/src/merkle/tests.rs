@@ -91,7 +91,7 @@ impl Nodes for Mem {
             .get(usize::from(level))
             .and_then(|l| l.get(index as usize))
             .copied()
-            .ok_or_else(|| missing(level, index))
+            .ok_or_else(|| crate::tiles::missing(level, index))
     }
 }
 
@@ -381,7 +381,10 @@ fn appending_creates_exactly_the_perfect_subtrees() {
     for (i, leaf) in leaves.iter().enumerate() {
         let by_frontier = frontier.push(*leaf).unwrap();
         let by_reads = append_leaf(i as u64, *leaf, |l, j| {
-            stored.get(&(l, j)).copied().ok_or_else(|| missing(l, j))
+            stored
+                .get(&(l, j))
+                .copied()
+                .ok_or_else(|| crate::tiles::missing(l, j))
         })
         .unwrap();
         assert_eq!(by_frontier, by_reads, "leaf {i}");
