@@ -1000,37 +1000,9 @@ impl Log {
         if !nodes {
             return Ok(None);
         }
-        // The per-entry case and stream indexes become packed records; then
-        // the tree becomes tiles, and the layout marker moves on. Each step
+        // `rebuild` derives the packed indexes and the tiles from the
+        // entries, removes layout 2's records and moves the marker on; it
         // can be run again after a crash.
-        {
-            let _writer = self.writer();
-            let tree = &self.log_tree()?;
-            let mut batch = sled::Batch::default();
-            for prefix in [
-                keys::CASE_INDEX,
-                keys::BY_STREAM,
-                keys::CASE_PACKED,
-                keys::BY_STREAM_PACKED,
-            ] {
-                for item in tree.scan_prefix([prefix]) {
-                    batch.remove(item?.0);
-                }
-            }
-            let mut index = packed::Records::default();
-            for item in tree.scan_prefix([keys::ENTRY]) {
-                let (k, v) = item?;
-                let entry = decode_entry(&k, &v)?;
-                let case_id = entry
-                    .event
-                    .as_ref()
-                    .map(|e| e.case_id.clone())
-                    .unwrap_or_default();
-                index_entry(&mut index, &case_id, &entry, |_| Ok(None))?;
-            }
-            index.write(&mut batch);
-            tree.apply_batch(batch)?;
-        }
         let report = self.rebuild()?;
         tracing::info!(
             data_dir = %self.path().display(),
@@ -1114,19 +1086,9 @@ impl Log {
         let tree = &self.log_tree()?;
         let mut batch = sled::Batch::default();
         let mut report = RepairReport::default();
-        for prefix in [
-            keys::CASE_INDEX,
-            keys::CASE_PACKED,
-            keys::DEDUP,
-            keys::BY_STREAM,
-            keys::BY_STREAM_PACKED,
-        ] {
-            for item in tree.scan_prefix([prefix]) {
-                let (k, _) = item?;
-                batch.remove(k);
-            }
-        }
-        let mut index = packed::Records::default();
+        // The dedup index is written again here; the case and stream
+        // indexes, views and tree by `rebuild` at the end.
+        clear_prefixes(tree, &mut batch, &[keys::DEDUP])?;
         // The intact prefix: dense and chained from entry 1, at most up to
         // the checkpoint. Everything after its first gap or broken link is
         // removed and read from the stream again.
@@ -1159,15 +1121,12 @@ impl Log {
                 continue;
             }
             let event = entry.event.clone().unwrap_or_default();
-            let g = entry.global_sequence;
-            index_entry(&mut index, &event.case_id, &entry, |_| Ok(None))?;
             batch.insert(
                 keys::scoped(keys::DEDUP, agency_of(&event), &event.event_id),
-                &g.to_be_bytes(),
+                &entry.global_sequence.to_be_bytes(),
             );
             kept = Some(entry);
         }
-        index.write(&mut batch);
         let kept_size = kept.as_ref().map_or(0, |e| e.global_sequence);
         let cp = if kept_size == cp.global_sequence {
             cp
@@ -1241,9 +1200,11 @@ impl Log {
         Ok(report)
     }
 
-    /// Recreates every view (and the person index they depend on) and the
-    /// Merkle tree nodes from the log alone, and replaces the stored ones in
-    /// one atomic batch (so a log written before it kept a tree gets one).
+    /// Recreates every view (and the person index they depend on), the
+    /// packed case and stream indexes and the Merkle tree's tiles from the
+    /// log alone, and replaces the stored ones in one atomic batch (so a
+    /// log written before it kept a tree gets one, and a layout-2 log its
+    /// packed records and tiles).
     pub fn rebuild(&self) -> Result<RebuildReport> {
         let _writer = self.writer();
         let tree = &self.log_tree()?;
@@ -1255,6 +1216,7 @@ impl Log {
         let mut entries = 0u64;
         let mut frontier = Frontier::default();
         let mut edge = Edge::default();
+        let mut index = packed::Records::default();
         for item in tree.scan_prefix([keys::ENTRY]) {
             let (k, v) = item?;
             let entry = decode_entry(&k, &v)?;
@@ -1274,6 +1236,7 @@ impl Log {
             }
             edge.add(&frontier.push(merkle::leaf_hash(&hash))?, |_, _| Ok(None))?;
             let event = entry.event.clone().unwrap_or_default();
+            index_entry(&mut index, &event.case_id, &entry, |_| Ok(None))?;
             let person = entry_person(&entry);
             let prior = person.as_ref().and_then(|p| persons.get(p)).cloned();
             let ctx = Context {
@@ -1307,18 +1270,21 @@ impl Log {
             entries += 1;
         }
         let mut batch = sled::Batch::default();
-        for prefix in [
-            keys::VIEW,
-            keys::PERSON,
-            keys::PERSON_HISTORY,
-            keys::TREE,
-            keys::TILE,
-        ] {
-            for item in tree.scan_prefix([prefix]) {
-                let (k, _) = item?;
-                batch.remove(k);
-            }
-        }
+        clear_prefixes(
+            tree,
+            &mut batch,
+            &[
+                keys::VIEW,
+                keys::PERSON,
+                keys::PERSON_HISTORY,
+                keys::TREE,
+                keys::TILE,
+                keys::CASE_INDEX,
+                keys::CASE_PACKED,
+                keys::BY_STREAM,
+                keys::BY_STREAM_PACKED,
+            ],
+        )?;
         for (case, view) in &views {
             batch.insert(keys::named(keys::VIEW, case), view.encode_to_vec());
         }
@@ -1329,6 +1295,7 @@ impl Log {
             batch.insert(key.as_slice(), value.as_slice());
         }
         edge.write(&mut batch);
+        index.write(&mut batch);
         // The tree is now tiles: a log of layout 2 (one record per node)
         // is upgraded. A layout-1 log keeps its marker (its dedup keys
         // still need the older version).
@@ -2377,6 +2344,16 @@ fn read_view(tree: &sled::Tree, case_id: &str) -> Result<Option<CaseView>> {
             }),
         None => Ok(None),
     }
+}
+
+/// Removes, in `batch`, every record under each of `prefixes`.
+fn clear_prefixes(tree: &sled::Tree, batch: &mut sled::Batch, prefixes: &[u8]) -> Result<()> {
+    for prefix in prefixes {
+        for item in tree.scan_prefix([*prefix]) {
+            batch.remove(item?.0);
+        }
+    }
+    Ok(())
 }
 
 /// Puts an entry into the packed indexes: its case's, by case sequence,
