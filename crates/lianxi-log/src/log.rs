@@ -157,6 +157,11 @@ pub enum EventOutcome {
 pub struct GroupReport {
     pub outcomes: Vec<(u64, EventOutcome)>,
     pub checkpoint: Checkpoint,
+    /// The receipt of every message the group processed (none for those
+    /// already processed), in stream order, exactly as [`Log::receipt`]
+    /// reads them back from the log: so they can be sent from memory once
+    /// the group is flushed (without `durability`, which the sender adds).
+    pub receipts: Vec<Receipt>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -553,6 +558,7 @@ impl Log {
             let outcome = work.process(msg)?;
             outcomes.push((msg.stream_sequence, outcome));
         }
+        let receipts = std::mem::take(&mut work.receipts);
         let (batch, next, frontier) = work.finish();
         if next != *cp {
             let (store, h) = (&self.inner.store, self.handles()?);
@@ -579,6 +585,7 @@ impl Log {
         Ok(GroupReport {
             outcomes,
             checkpoint,
+            receipts,
         })
     }
 
@@ -1726,6 +1733,8 @@ struct Group<'a> {
     edge: Edge,
     /// The packed index records (by case, by stream) the group changes.
     index: packed::Records,
+    /// The receipt of each message processed, in order.
+    receipts: Vec<Receipt>,
 }
 
 impl<'a> Group<'a> {
@@ -1750,6 +1759,7 @@ impl<'a> Group<'a> {
             frontier,
             edge: Edge::default(),
             index: packed::Records::default(),
+            receipts: Vec::new(),
         }
     }
 
@@ -1787,7 +1797,7 @@ impl<'a> Group<'a> {
         // original) rather than a rule violation against the later state.
         let checked = match envelope(msg) {
             Ok(event) => match self.dedup_lookup(agency_of(&event), &event.event_id)? {
-                Some(original) => return Ok(self.duplicate(msg, event, original)),
+                Some(original) => return self.duplicate(msg, event, original),
                 None => self.decide(event)?,
             },
             Err(rejected) => Err(rejected),
@@ -1801,7 +1811,18 @@ impl<'a> Group<'a> {
         }
     }
 
-    fn duplicate(&mut self, msg: &Incoming, event: Event, original: u64) -> EventOutcome {
+    fn duplicate(&mut self, msg: &Incoming, event: Event, original: u64) -> Result<EventOutcome> {
+        // The receipt names the original's case, as `Log::receipt` does.
+        let case_id = match self
+            .events
+            .get(&(agency_of(&event), event.event_id.clone()))
+        {
+            Some(e) => e.case_id.clone(),
+            None => read_entry(self.tree(), original)?
+                .and_then(|e| e.event)
+                .map(|e| e.case_id)
+                .unwrap_or_default(),
+        };
         let record = DuplicateRecord {
             stream_sequence: msg.stream_sequence,
             subject: msg.subject.clone(),
@@ -1813,10 +1834,11 @@ impl<'a> Group<'a> {
             &keys::seq(keys::DUPLICATE, msg.stream_sequence),
             record.encode_to_vec(),
         );
-        EventOutcome::Duplicate {
+        self.receipts.push(receipts::duplicate(&record, case_id));
+        Ok(EventOutcome::Duplicate {
             event_id: event.event_id,
             original_global_sequence: original,
-        }
+        })
     }
 
     fn reject(
@@ -1881,6 +1903,7 @@ impl<'a> Group<'a> {
             &keys::seq(keys::REJECTION, msg.stream_sequence),
             record.encode_to_vec(),
         );
+        self.receipts.push(receipts::rejected(&record));
         // The lookup index: only the subject's agency may ask, and only
         // about a well-formed id.
         if let Some(agency) = lianxi_domain::subject_agency(&msg.subject)
@@ -1986,6 +2009,7 @@ impl<'a> Group<'a> {
             &keys::seq(keys::ENTRY, global_sequence),
             entry.encode_to_vec(),
         );
+        self.receipts.push(receipts::accepted(&entry));
         let agency = agency_of(&event);
         self.batch.insert(
             keys::scoped(keys::DEDUP, agency, &event.event_id),
