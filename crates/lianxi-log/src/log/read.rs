@@ -1,0 +1,310 @@
+//! Reads: views, entries, a case's history and replays, rejection and
+//! duplicate records, receipts.
+
+use super::*;
+
+impl Log {
+    /// The current view of a case.
+    pub fn case_view(&self, case_id: &str) -> Result<Option<CaseView>> {
+        read_view(&self.log_tree()?, case_id)
+    }
+
+    /// One entry by global sequence.
+    pub fn entry(&self, global_sequence: u64) -> Result<Option<LogEntry>> {
+        read_entry(&self.log_tree()?, global_sequence)
+    }
+
+    /// Entries of one case with a case sequence above `after`, at most `limit`.
+    pub fn case_entries(&self, case_id: &str, after: u64, limit: usize) -> Result<Vec<LogEntry>> {
+        let tree = &self.log_tree()?;
+        let mut out = Vec::new();
+        let mut case_seq = after.saturating_add(1);
+        'records: while out.len() < limit {
+            let Some(record) = tree.get(packed::case_key(case_id, case_seq))? else {
+                break;
+            };
+            loop {
+                if out.len() >= limit {
+                    break 'records;
+                }
+                let Some(g) = packed::get(&record, packed::case_slot(case_seq)) else {
+                    break 'records;
+                };
+                let entry = read_entry(tree, g)?.ok_or_else(|| Error::Corruption {
+                    at: Location::Entry(g),
+                    detail: format!("indexed by case {case_id} but missing"),
+                })?;
+                out.push(entry);
+                case_seq = case_seq.saturating_add(1);
+                if packed::case_slot(case_seq) == 0 {
+                    continue 'records;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Log entries with a global sequence above `after`, at most `limit`.
+    pub fn entries(&self, after: u64, limit: usize) -> Result<Vec<LogEntry>> {
+        let start = keys::seq(keys::ENTRY, after.saturating_add(1));
+        let mut out = Vec::new();
+        for item in self.log_tree()?.range(start..) {
+            let (k, v) = item?;
+            if k.first() != Some(&keys::ENTRY) || out.len() >= limit {
+                break;
+            }
+            out.push(decode_entry(&k, &v)?);
+        }
+        Ok(out)
+    }
+
+    /// The view of a case as it stood after the last of its entries that
+    /// passes `upto` (entries are offered in order; replay stops at the first
+    /// that does not pass), rebuilt from the log through the per-case index.
+    /// Returns the view, the global sequence of the last entry applied and
+    /// how many were applied; None if no entry passed.
+    pub fn case_as_of(
+        &self,
+        case_id: &str,
+        upto: impl Fn(&LogEntry) -> bool,
+    ) -> Result<Option<(CaseView, u64, u64)>> {
+        let mut view: Option<CaseView> = None;
+        let mut last = 0;
+        let mut applied = 0;
+        let mut after = 0;
+        loop {
+            let chunk = self.case_entries(case_id, after, 512)?;
+            let done = chunk.len() < 512;
+            for entry in chunk {
+                if !upto(&entry) {
+                    return Ok(view.map(|v| (v, last, applied)));
+                }
+                after = entry.case_sequence;
+                view = Some(self.replay(view, &entry)?);
+                last = entry.global_sequence;
+                applied += 1;
+            }
+            if done {
+                return Ok(view.map(|v| (v, last, applied)));
+            }
+        }
+    }
+
+    /// The view after one stored entry, applied to the view before it, with
+    /// the person index as it stood then: one replay step for
+    /// [`Log::case_as_of`] and [`Log::case_views_through`].
+    pub(super) fn replay(&self, view: Option<CaseView>, entry: &LogEntry) -> Result<CaseView> {
+        let event = entry.event.clone().unwrap_or_default();
+        let prior = match entry_person(entry) {
+            Some(p) => self.prior_before(&p, entry.global_sequence)?,
+            None => None,
+        };
+        let ctx = Context {
+            policy: &self.inner.policy,
+            prior_case: prior.as_ref(),
+        };
+        let meta = EntryMeta {
+            global_sequence: entry.global_sequence,
+            case_sequence: entry.case_sequence,
+            recorded_at: entry.recorded_at.unwrap_or_default(),
+            sealed: &entry.sealed,
+        };
+        Ok(lianxi_domain::apply(&ctx, view, &event, &meta))
+    }
+
+    /// Replays a case from its first entry through the entry with global
+    /// sequence `through`, calling `each` with every entry and the view
+    /// right after it (what [`Log::case_as_of`] returns for that entry), in
+    /// order. One pass for the views after many entries of one case (a
+    /// watch sends each change with the view after it).
+    pub fn case_views_through(
+        &self,
+        case_id: &str,
+        through: u64,
+        mut each: impl FnMut(&LogEntry, &CaseView),
+    ) -> Result<()> {
+        let mut view: Option<CaseView> = None;
+        let mut after = 0;
+        loop {
+            let chunk = self.case_entries(case_id, after, 512)?;
+            let done = chunk.len() < 512;
+            for entry in chunk {
+                if entry.global_sequence > through {
+                    return Ok(());
+                }
+                after = entry.case_sequence;
+                let next = self.replay(view, &entry)?;
+                each(&entry, &next);
+                view = Some(next);
+            }
+            if done {
+                return Ok(());
+            }
+        }
+    }
+
+    /// The person's latest case opened before `global_sequence`.
+    pub(super) fn prior_before(
+        &self,
+        person: &str,
+        global_sequence: u64,
+    ) -> Result<Option<PriorCase>> {
+        let start = keys::person_history_prefix(person);
+        let end = keys::person_history(person, global_sequence);
+        match self.log_tree()?.range(start..end).next_back() {
+            // An erasure ends the person's link to the erased case.
+            Some(Ok((_, v))) if v.is_empty() => Ok(None),
+            Some(item) => {
+                let (k, v) = item?;
+                decode_prior(&v).map(Some).ok_or_else(|| Error::Corruption {
+                    at: Location::Key(hex::encode(&k)),
+                    detail: "person history record is malformed".into(),
+                })
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Every stored view, decoded, in case-id order.
+    pub fn views(&self) -> Result<Vec<CaseView>> {
+        let mut out = Vec::new();
+        for item in self.log_tree()?.scan_prefix([keys::VIEW]) {
+            let (k, v) = item?;
+            out.push(CaseView::decode(v.as_ref()).map_err(|e| Error::Corruption {
+                at: Location::View(String::from_utf8_lossy(&k[1..]).into_owned()),
+                detail: e.to_string(),
+            })?);
+        }
+        Ok(out)
+    }
+
+    /// Views of cases with an id after `after`, in case-id order, at most
+    /// `limit` per call; the id order makes a stable cursor.
+    pub fn views_after(&self, after: &str, limit: usize) -> Result<Vec<CaseView>> {
+        let mut start = keys::named(keys::VIEW, after);
+        start.push(0);
+        let mut out = Vec::new();
+        for item in self.log_tree()?.range(start..) {
+            let (k, v) = item?;
+            if k.first() != Some(&keys::VIEW) || out.len() >= limit {
+                break;
+            }
+            out.push(CaseView::decode(v.as_ref()).map_err(|e| Error::Corruption {
+                at: Location::View(String::from_utf8_lossy(&k[1..]).into_owned()),
+                detail: e.to_string(),
+            })?);
+        }
+        Ok(out)
+    }
+
+    /// Every stored view, in case-id order, as stored bytes.
+    pub fn view_bytes(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        let mut out = Vec::new();
+        for item in self.log_tree()?.scan_prefix([keys::VIEW]) {
+            let (k, v) = item?;
+            let case = String::from_utf8_lossy(&k[1..]).into_owned();
+            out.push((case, v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Rejected messages, in stream order, after `after_stream_sequence`.
+    pub fn rejections(
+        &self,
+        after_stream_sequence: u64,
+        limit: usize,
+    ) -> Result<Vec<RejectionRecord>> {
+        self.records(keys::REJECTION, after_stream_sequence, limit)
+    }
+
+    /// Duplicate messages, in stream order, after `after_stream_sequence`.
+    pub fn duplicates(
+        &self,
+        after_stream_sequence: u64,
+        limit: usize,
+    ) -> Result<Vec<DuplicateRecord>> {
+        self.records(keys::DUPLICATE, after_stream_sequence, limit)
+    }
+
+    /// Records keyed by stream sequence under `prefix`, in order.
+    pub(super) fn records<M: Message + Default>(
+        &self,
+        prefix: u8,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<M>> {
+        let start = keys::seq(prefix, after.saturating_add(1));
+        let mut out = Vec::new();
+        for item in self.log_tree()?.range(start..) {
+            let (k, v) = item?;
+            if k.first() != Some(&prefix) || out.len() >= limit {
+                break;
+            }
+            out.push(M::decode(v.as_ref()).map_err(|e| Error::Corruption {
+                at: Location::Key(hex::encode(&k)),
+                detail: e.to_string(),
+            })?);
+        }
+        Ok(out)
+    }
+
+    /// The receipt for the message at `stream_sequence`, if the node has
+    /// processed it (None past the checkpoint, or for a sequence the stream
+    /// never handed out).
+    pub fn receipt(&self, stream_sequence: u64) -> Result<Option<Receipt>> {
+        let tree = &self.log_tree()?;
+        if let Some(g) = tree
+            .get(packed::by_stream_key(stream_sequence))?
+            .and_then(|r| packed::get(&r, stream_sequence % packed::SLOTS))
+        {
+            let entry = read_entry(tree, g)?.ok_or_else(|| Error::Corruption {
+                at: Location::Entry(g),
+                detail: format!("stream sequence {stream_sequence} points at a missing entry"),
+            })?;
+            return Ok(Some(receipts::accepted(&entry)));
+        }
+        if let Some(b) = tree.get(keys::seq(keys::DUPLICATE, stream_sequence))? {
+            let d = DuplicateRecord::decode(b.as_ref()).map_err(|e| Error::Corruption {
+                at: Location::Key(hex::encode(keys::seq(keys::DUPLICATE, stream_sequence))),
+                detail: e.to_string(),
+            })?;
+            let case_id = read_entry(tree, d.original_global_sequence)?
+                .and_then(|e| e.event)
+                .map(|e| e.case_id)
+                .unwrap_or_default();
+            return Ok(Some(receipts::duplicate(&d, case_id)));
+        }
+        if let Some(b) = tree.get(keys::seq(keys::REJECTION, stream_sequence))? {
+            let r = RejectionRecord::decode(b.as_ref()).map_err(|e| Error::Corruption {
+                at: Location::Key(hex::encode(keys::seq(keys::REJECTION, stream_sequence))),
+                detail: e.to_string(),
+            })?;
+            return Ok(Some(receipts::rejected(&r)));
+        }
+        Ok(None)
+    }
+
+    /// The outcome for one agency's event id: the accepted entry if there
+    /// is one (a re-sent copy is answered with the original), else its
+    /// latest rejection. Event ids are each agency's own: another agency's
+    /// event with the same id is never found.
+    pub fn receipt_for_event(&self, agency: Agency, event_id: &str) -> Result<Option<Receipt>> {
+        self.check_layout(&self.checkpoint())?;
+        let tree = &self.log_tree()?;
+        if let Some(g) = tree
+            .get(keys::scoped(keys::DEDUP, agency, event_id))?
+            .as_deref()
+            .and_then(keys::be_u64)
+        {
+            return Ok(read_entry(tree, g)?.map(|e| receipts::accepted(&e)));
+        }
+        match tree
+            .get(keys::scoped(keys::REJECTED_ID, agency, event_id))?
+            .as_deref()
+            .and_then(keys::be_u64)
+        {
+            Some(seq) => self.receipt(seq),
+            None => Ok(None),
+        }
+    }
+}
