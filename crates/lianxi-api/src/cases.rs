@@ -53,8 +53,8 @@ impl CasesApi {
     }
 
     /// Case keys derived from `seed` (`lianxi_log::GroupKeys::derived`),
-    /// for tests without a bus.
-    #[doc(hidden)]
+    /// for tests without a bus (feature `test-util`).
+    #[cfg(feature = "test-util")]
     pub fn with_derived_keys(mut self, seed: &str) -> Self {
         self.keys = CaseKeys::Derived(seed.to_owned());
         self

@@ -20,7 +20,8 @@ pub(crate) enum CaseKeys {
     /// The node's key store (JetStream key-value, cached in memory).
     Store(Arc<KeyStore>),
     /// Keys derived from a seed as `lianxi_log::GroupKeys::derived` does,
-    /// for tests without a bus.
+    /// for tests without a bus (feature `test-util`).
+    #[cfg(feature = "test-util")]
     Derived(String),
 }
 
@@ -28,6 +29,7 @@ impl CaseKeys {
     async fn get(&self, case_id: &str) -> Option<Arc<DataKey>> {
         match self {
             CaseKeys::None => None,
+            #[cfg(feature = "test-util")]
             CaseKeys::Derived(seed) => Some(lianxi_log::GroupKeys::derived_case_key(seed, case_id)),
             CaseKeys::Store(s) => match s.case_key(case_id).await {
                 Ok(k) => k,

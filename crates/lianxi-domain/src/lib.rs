@@ -68,6 +68,7 @@ mod context;
 mod describe;
 mod error;
 mod evaluate;
+pub mod intake;
 pub mod personal;
 mod policy;
 mod query;

@@ -17,7 +17,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull::OrderedConfig, stream};
 use futures::StreamExt;
 use lianxi_crypto::KeyStore;
-use lianxi_log::{EventOutcome, GroupKeys, GroupReport, Incoming, Log};
+use lianxi_log::{EventOutcome, GroupKeys, GroupReport, Incoming, Log, Prepared};
 use lianxi_proto::Timestamp;
 use tokio::sync::watch;
 
@@ -223,8 +223,9 @@ async fn apply(
 ) -> Result<()> {
     let n = group.len();
     // Fetch (or create) the keys the group will seal with before the
-    // blocking write: the log never waits on the network.
-    let group = Arc::new(group);
+    // blocking write: the log never waits on the network. Each message is
+    // decoded once, for both.
+    let group = Arc::new(Prepared::new(group));
     let needed = {
         let (log, group) = (log.clone(), group.clone());
         tokio::task::spawn_blocking(move || log.keys_needed(&group))
@@ -255,7 +256,7 @@ async fn apply(
         group_keys.insert_case(case, key);
     }
     let log = log.clone();
-    let report = tokio::task::spawn_blocking(move || log.append_group(&group, &group_keys))
+    let report = tokio::task::spawn_blocking(move || log.append(&group, &group_keys))
         .await
         .map_err(|e| Error::Task(e.to_string()))??;
     // Every node drops an erased case's key as it applies the erasure; the

@@ -131,6 +131,10 @@ pub(crate) const RECEIPTS_SENT: &[u8] = b"Mreceipts";
 /// alone; layout 2 keys them by (agency, event id); layout 3 stores the
 /// Merkle tree as tiles (`G`) instead of one record per node (`T`).
 pub(crate) const LAYOUT: &[u8] = b"Mlayout";
+/// `M` + name -> metadata: set while `rebuild` is rewriting the derived
+/// records (removed by its last batch). A log that has it was cut off
+/// mid-rebuild and is rebuilt again before anything else.
+pub(crate) const REBUILDING: &[u8] = b"Mrebuilding";
 /// The layout this version writes and reads.
 pub(crate) const LAYOUT_VERSION: u8 = 3;
 /// The layout `rebuild` upgrades in place (only the derived tree differs).

@@ -21,6 +21,7 @@ mod keys;
 mod log;
 mod merkle;
 mod packed;
+mod projection;
 mod receipts;
 mod store;
 mod tiles;
@@ -31,9 +32,12 @@ pub use checkpoint::{
     open_checkpoint, parse_checkpoint,
 };
 pub use error::{Error, Location, Result};
+/// Test-only hooks (feature `test-util`): damaging the stored log on purpose.
+#[cfg(any(test, feature = "test-util"))]
+pub use log::Tamper;
 pub use log::{
-    EventOutcome, GroupKeys, GroupReport, Incoming, KeysNeeded, Log, MAX_EVENT_BYTES,
-    RebuildReport, StoredCheckpoint, Tamper, VerifyReport, entry_hash,
+    EventOutcome, GroupKeys, GroupReport, Incoming, KeysNeeded, Log, MAX_EVENT_BYTES, Prepared,
+    RebuildReport, StoredCheckpoint, VerifyReport, entry_hash,
 };
 pub use merkle::{Hash, empty_root, leaf_hash, node_hash, verify_consistency, verify_inclusion};
 pub use receipts::rejected as rejection_receipt;

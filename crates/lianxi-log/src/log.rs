@@ -1,29 +1,18 @@
-use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use lianxi_crypto::{DataKey, IndexKey};
-use lianxi_domain::{Context, EntryMeta, Policy, PriorCase, Rejection};
+use lianxi_domain::Policy;
 use lianxi_proto::Timestamp;
-use lianxi_proto::v1::{
-    Agency, CaseView, Checkpoint, DuplicateRecord, Event, LogEntry, PersonalDataState, Receipt,
-    RejectionCode, RejectionRecord, Sealed, event::Body,
-};
+use lianxi_proto::v1::{Checkpoint, LogEntry, Receipt, RejectionCode};
 use prost::Message;
 use sha2::{Digest, Sha256};
 
 use crate::access::AccessLog;
-use crate::error::{Error, Location, Result};
-use crate::keys;
-use crate::merkle::{self, Frontier, Hash};
-use crate::packed;
-use crate::receipts;
+use crate::error::{Error, Result};
+use crate::merkle::Frontier;
 use crate::store::{self, HighWater, Store, StoreOptions};
-use crate::tiles::{self, Edge};
 
-/// The largest event the node accepts, in bytes. Larger messages are
-/// rejected (and kept, cut to this size) rather than stored.
-pub const MAX_EVENT_BYTES: usize = 64 * 1024;
+pub use lianxi_domain::intake::MAX_EVENT_BYTES;
 
 /// Domain separation for entry hashes, so a log entry's hash can never be
 /// confused with a hash of anything else.
@@ -456,104 +445,6 @@ impl Log {
     }
 }
 
-/// The person a case-opening event is about, if any; only openings (not
-/// corrections of them) move the person index.
-fn person_key(event: &Event) -> Option<&str> {
-    if event.corrects_event_id.is_some() {
-        return None;
-    }
-    match event.body {
-        Some(Body::CaseOpened(_)) => lianxi_domain::person_ref(event),
-        _ => None,
-    }
-}
-
-/// The person token of a stored case opening, as the index's key (hex).
-fn entry_person(entry: &LogEntry) -> Option<String> {
-    (!entry.person_token.is_empty()).then(|| hex::encode(&entry.person_token))
-}
-
-/// The agency an event is keyed under: its own, which `check_envelope`
-/// made equal to its subject's (the bus guarantees the subject).
-fn agency_of(event: &Event) -> Agency {
-    Agency::try_from(event.agency).unwrap_or(Agency::Unspecified)
-}
-
-fn is_erased(view: &CaseView) -> bool {
-    lianxi_domain::personal::state_of(view.personal_data) == PersonalDataState::Erased
-}
-
-fn is_erasure(event: &Event) -> bool {
-    event.corrects_event_id.is_none() && matches!(event.body, Some(Body::PersonalDataErased(_)))
-}
-
-fn prior_of(view: &CaseView) -> PriorCase {
-    PriorCase {
-        case_id: view.case_id.clone(),
-        opened_at: view.opened_at.unwrap_or_default(),
-    }
-}
-
-fn encode_prior(p: &PriorCase) -> Vec<u8> {
-    let mut v = Vec::with_capacity(12 + p.case_id.len());
-    v.extend_from_slice(&p.opened_at.seconds.to_be_bytes());
-    v.extend_from_slice(&p.opened_at.nanos.to_be_bytes());
-    v.extend_from_slice(p.case_id.as_bytes());
-    v
-}
-
-fn decode_prior(b: &[u8]) -> Option<PriorCase> {
-    let seconds = i64::from_be_bytes(b.get(0..8)?.try_into().ok()?);
-    let nanos = i32::from_be_bytes(b.get(8..12)?.try_into().ok()?);
-    let case_id = String::from_utf8(b.get(12..)?.to_vec()).ok()?;
-    Some(PriorCase {
-        case_id,
-        opened_at: Timestamp { seconds, nanos },
-    })
-}
-
-fn read_view(tree: &sled::Tree, case_id: &str) -> Result<Option<CaseView>> {
-    match tree.get(keys::named(keys::VIEW, case_id))? {
-        Some(b) => CaseView::decode(b.as_ref())
-            .map(Some)
-            .map_err(|e| Error::Corruption {
-                at: Location::View(case_id.to_owned()),
-                detail: e.to_string(),
-            }),
-        None => Ok(None),
-    }
-}
-
-/// Removes, in `batch`, every record under each of `prefixes`.
-fn clear_prefixes(tree: &sled::Tree, batch: &mut sled::Batch, prefixes: &[u8]) -> Result<()> {
-    for prefix in prefixes {
-        for item in tree.scan_prefix([*prefix]) {
-            batch.remove(item?.0);
-        }
-    }
-    Ok(())
-}
-
-fn read_entry(tree: &sled::Tree, global_sequence: u64) -> Result<Option<LogEntry>> {
-    let key = keys::seq(keys::ENTRY, global_sequence);
-    match tree.get(key)? {
-        Some(b) => decode_entry(&key, &b).map(Some),
-        None => Ok(None),
-    }
-}
-
-fn decode_entry(key: &[u8], bytes: &[u8]) -> Result<LogEntry> {
-    let at = || {
-        key.get(1..)
-            .and_then(keys::be_u64)
-            .map_or_else(|| Location::Key(hex::encode(key)), Location::Entry)
-    };
-    LogEntry::decode(bytes).map_err(|e| Error::Corruption {
-        at: at(),
-        detail: format!("entry does not decode: {e}"),
-    })
-}
-
 mod append;
 mod layout;
 mod proofs;
@@ -561,16 +452,16 @@ mod read;
 mod rebuild;
 mod sealing;
 mod signed;
+#[cfg(any(test, feature = "test-util"))]
 mod tamper;
 mod tasks;
 mod verify;
 
-use append::index_entry;
 use layout::{damaged, read_checkpoint, tail_damage};
-use sealing::seal_raw;
-use signed::decode_stored_checkpoint;
 
+pub use append::Prepared;
 pub use sealing::GroupKeys;
+#[cfg(any(test, feature = "test-util"))]
 pub use tamper::Tamper;
 #[cfg(test)]
 mod tests;

@@ -1,7 +1,17 @@
 //! The storage layout marker and the checks `open` makes of the newest
 //! entries.
 
-use super::*;
+use std::path::Path;
+
+use lianxi_proto::v1::Checkpoint;
+use prost::Message;
+
+use super::read::read_entry;
+use super::{Log, RebuildReport};
+use crate::error::{Error, Location, Result};
+use crate::keys;
+use crate::store;
+use crate::tiles;
 
 impl Log {
     /// Refuses a data directory written with another storage layout: its
@@ -14,6 +24,11 @@ impl Log {
     /// refuse at start.
     pub(super) fn check_layout(&self, cp: &Checkpoint) -> Result<()> {
         let tree = &self.log_tree()?;
+        if tree.contains_key(keys::REBUILDING)? {
+            return Err(Error::Layout {
+                detail: "a rebuild of the derived records (views, indexes, Merkle tiles) was cut off before it finished; start `lianxi serve` on the data directory, or run `lianxi rebuild`, and it is run again from the entries (nothing in the log itself is lost)".into(),
+            });
+        }
         match tree.get(keys::LAYOUT)? {
             Some(v) if v.as_ref() == [keys::LAYOUT_VERSION] => Ok(()),
             Some(v) if v.as_ref() == [keys::LAYOUT_NODES] => Err(Error::Layout {
@@ -46,28 +61,36 @@ impl Log {
     }
 
     /// Upgrades a data directory of storage layout 2 (the Merkle tree one
-    /// record per node) in place: `rebuild` rewrites the tree as tiles from
-    /// the entries. The rebuild's report when it did; nothing for any other
-    /// layout.
+    /// record per node) in place, and finishes a rebuild that was cut off:
+    /// in both cases `rebuild` derives every derived record again from the
+    /// entries. The rebuild's report when it ran; nothing otherwise.
     pub fn upgrade_storage_layout(&self) -> Result<Option<RebuildReport>> {
-        let nodes = self
-            .log_tree()?
+        let tree = self.log_tree()?;
+        let nodes = tree
             .get(keys::LAYOUT)?
             .is_some_and(|v| v.as_ref() == [keys::LAYOUT_NODES]);
-        if !nodes {
+        let interrupted = tree.contains_key(keys::REBUILDING)?;
+        if !nodes && !interrupted {
             return Ok(None);
         }
-        // `rebuild` derives the packed indexes and the tiles from the
-        // entries, removes layout 2's records and moves the marker on; it
+        // `rebuild` removes layout 2's records and moves the marker on; it
         // can be run again after a crash.
         let report = self.rebuild()?;
-        tracing::info!(
-            data_dir = %self.path().display(),
-            entries = report.entries,
-            "storage layout {} upgraded to {}: the Merkle tree is kept as tiles",
-            keys::LAYOUT_NODES,
-            keys::LAYOUT_VERSION
-        );
+        if nodes {
+            tracing::info!(
+                data_dir = %self.path().display(),
+                entries = report.entries,
+                "storage layout {} upgraded to {}: the Merkle tree is kept as tiles",
+                keys::LAYOUT_NODES,
+                keys::LAYOUT_VERSION
+            );
+        } else {
+            tracing::warn!(
+                data_dir = %self.path().display(),
+                entries = report.entries,
+                "a rebuild cut off before it finished was run again from the entries"
+            );
+        }
         Ok(Some(report))
     }
 

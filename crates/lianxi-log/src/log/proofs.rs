@@ -1,6 +1,9 @@
 //! The log as an RFC 6962 Merkle tree: roots and proofs from the tiles.
 
-use super::*;
+use super::Log;
+use crate::error::Result;
+use crate::merkle;
+use crate::tiles;
 
 impl Log {
     /// The number of leaves in the Merkle tree: the global sequence of the

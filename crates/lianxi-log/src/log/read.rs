@@ -1,12 +1,21 @@
 //! Reads: views, entries, a case's history and replays, rejection and
 //! duplicate records, receipts.
 
-use super::*;
+use lianxi_domain::{Context, EntryMeta, PriorCase};
+use lianxi_proto::v1::{Agency, CaseView, DuplicateRecord, LogEntry, Receipt, RejectionRecord};
+use prost::Message;
+
+use super::Log;
+use crate::error::{Error, Location, Result};
+use crate::keys;
+use crate::packed;
+use crate::projection::{decode_prior, entry_person, view};
+use crate::receipts;
 
 impl Log {
     /// The current view of a case.
     pub fn case_view(&self, case_id: &str) -> Result<Option<CaseView>> {
-        read_view(&self.log_tree()?, case_id)
+        view::read(&self.log_tree()?, case_id)
     }
 
     /// One entry by global sequence.
@@ -307,4 +316,24 @@ impl Log {
             None => Ok(None),
         }
     }
+}
+
+pub(crate) fn read_entry(tree: &sled::Tree, global_sequence: u64) -> Result<Option<LogEntry>> {
+    let key = keys::seq(keys::ENTRY, global_sequence);
+    match tree.get(key)? {
+        Some(b) => decode_entry(&key, &b).map(Some),
+        None => Ok(None),
+    }
+}
+
+pub(crate) fn decode_entry(key: &[u8], bytes: &[u8]) -> Result<LogEntry> {
+    let at = || {
+        key.get(1..)
+            .and_then(keys::be_u64)
+            .map_or_else(|| Location::Key(hex::encode(key)), Location::Entry)
+    };
+    LogEntry::decode(bytes).map_err(|e| Error::Corruption {
+        at: at(),
+        detail: format!("entry does not decode: {e}"),
+    })
 }

@@ -1,7 +1,15 @@
 //! Recomputing every derived record from the entries: `rebuild`, and the
 //! repair after a lost tail.
 
-use super::*;
+use lianxi_proto::v1::{Checkpoint, LogEntry};
+use prost::Message;
+
+use super::read::decode_entry;
+use super::{Log, RebuildReport, RepairReport};
+use crate::error::Result;
+use crate::keys;
+use crate::merkle::Frontier;
+use crate::projection::Projections;
 
 impl Log {
     /// After a lost tail (the log is below its high-water mark): makes the
@@ -25,9 +33,8 @@ impl Log {
         let tree = &self.log_tree()?;
         let mut batch = sled::Batch::default();
         let mut report = RepairReport::default();
-        // The dedup index is written again here; the case and stream
-        // indexes, views and tree by `rebuild` at the end.
-        clear_prefixes(tree, &mut batch, &[keys::DEDUP])?;
+        // Every derived record (views, indexes, tiles) is written again
+        // from the entries kept, by `rebuild` at the end.
         // The intact prefix: dense and chained from entry 1, at most up to
         // the checkpoint. Everything after its first gap or broken link is
         // removed and read from the stream again.
@@ -59,11 +66,6 @@ impl Log {
                 report.entries_removed += 1;
                 continue;
             }
-            let event = entry.event.clone().unwrap_or_default();
-            batch.insert(
-                keys::scoped(keys::DEDUP, agency_of(&event), &event.event_id),
-                &entry.global_sequence.to_be_bytes(),
-            );
             kept = Some(entry);
         }
         let kept_size = kept.as_ref().map_or(0, |e| e.global_sequence);
@@ -139,102 +141,45 @@ impl Log {
         Ok(report)
     }
 
-    /// Recreates every view (and the person index they depend on), the
-    /// packed case and stream indexes and the Merkle tree's tiles from the
-    /// log alone, and replaces the stored ones in one atomic batch (so a
-    /// log written before it kept a tree gets one, and a layout-2 log its
-    /// packed records and tiles).
+    /// Recreates every derived record from the entries alone, through the
+    /// same [`Projections`] the group write uses: views, the person index,
+    /// the per-case, stream and duplicate indexes and the Merkle tree's
+    /// tiles (so a layout-2 log gets its packed records and tiles).
+    ///
+    /// The old records are removed and a marker set in one batch; the new
+    /// ones are written in batches of [`REBUILD_BATCH`] entries, so memory
+    /// stays bounded at any size; the last batch removes the marker. While
+    /// the marker is there (a crash mid-way), the log refuses to be read or
+    /// grown as it is, and `serve` or `lianxi rebuild` runs the rebuild
+    /// again from the start.
     pub fn rebuild(&self) -> Result<RebuildReport> {
         let _writer = self.writer();
         let tree = &self.log_tree()?;
-        let mut views: BTreeMap<String, CaseView> = BTreeMap::new();
-        let mut persons: BTreeMap<String, PriorCase> = BTreeMap::new();
-        // The person token of each case's opening, for erasures.
-        let mut case_persons: HashMap<String, String> = HashMap::new();
-        let mut history: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-        let mut entries = 0u64;
-        let mut frontier = Frontier::default();
-        let mut edge = Edge::default();
-        let mut index = packed::Records::default();
+        let mut batch = sled::Batch::default();
+        clear_prefixes(tree, &mut batch, &Projections::PREFIXES)?;
+        clear_prefixes(tree, &mut batch, &Projections::RETIRED)?;
+        batch.insert(keys::REBUILDING, &[1]);
+        tree.apply_batch(batch)?;
+        let mut proj = Projections::new(Frontier::default());
+        let (mut entries, mut cases, mut last_hash) = (0u64, 0u64, vec![0u8; 32]);
         for item in tree.scan_prefix([keys::ENTRY]) {
             let (k, v) = item?;
             let entry = decode_entry(&k, &v)?;
-            let hash = Hash::try_from(entry.hash.as_slice()).map_err(|_| Error::Corruption {
-                at: Location::Entry(entry.global_sequence),
-                detail: format!("the entry's hash is {} bytes, not 32", entry.hash.len()),
-            })?;
-            if entry.global_sequence != frontier.size() + 1 {
-                return Err(Error::Corruption {
-                    at: Location::Entry(frontier.size() + 1),
-                    detail: format!(
-                        "expected global sequence {}, found {}; run `lianxi verify`",
-                        frontier.size() + 1,
-                        entry.global_sequence
-                    ),
-                });
-            }
-            edge.add(&frontier.push(merkle::leaf_hash(&hash))?, |_, _| Ok(None))?;
-            let event = entry.event.clone().unwrap_or_default();
-            index_entry(&mut index, &event.case_id, &entry, |_| Ok(None))?;
-            let person = entry_person(&entry);
-            let prior = person.as_ref().and_then(|p| persons.get(p)).cloned();
-            let ctx = Context {
-                policy: &self.inner.policy,
-                prior_case: prior.as_ref(),
-            };
-            let meta = EntryMeta {
-                global_sequence: entry.global_sequence,
-                case_sequence: entry.case_sequence,
-                recorded_at: entry.recorded_at.unwrap_or_default(),
-                sealed: &entry.sealed,
-            };
-            let view = views.remove(&event.case_id);
-            let view = lianxi_domain::apply(&ctx, view, &event, &meta);
-            if let Some(p) = person {
-                persons.insert(p.clone(), prior_of(&view));
-                history.push((
-                    keys::person_history(&p, entry.global_sequence),
-                    encode_prior(&prior_of(&view)),
-                ));
-                case_persons.insert(event.case_id.clone(), p);
-            }
-            if is_erasure(&event)
-                && let Some(p) = case_persons.get(&event.case_id)
-                && persons.get(p).is_some_and(|x| x.case_id == event.case_id)
-            {
-                persons.remove(p);
-                history.push((keys::person_history(p, entry.global_sequence), Vec::new()));
-            }
-            views.insert(event.case_id.clone(), view);
+            proj.add(tree, &self.inner.policy, &entry)?;
             entries += 1;
+            if entry.case_sequence == 1 {
+                cases += 1;
+            }
+            last_hash = entry.hash;
+            if entries % REBUILD_BATCH == 0 {
+                let mut batch = sled::Batch::default();
+                proj.write(&mut batch);
+                tree.apply_batch(batch)?;
+            }
         }
         let mut batch = sled::Batch::default();
-        clear_prefixes(
-            tree,
-            &mut batch,
-            &[
-                keys::VIEW,
-                keys::PERSON,
-                keys::PERSON_HISTORY,
-                keys::TREE,
-                keys::TILE,
-                keys::CASE_INDEX,
-                keys::CASE_PACKED,
-                keys::BY_STREAM,
-                keys::BY_STREAM_PACKED,
-            ],
-        )?;
-        for (case, view) in &views {
-            batch.insert(keys::named(keys::VIEW, case), view.encode_to_vec());
-        }
-        for (person, prior) in &persons {
-            batch.insert(keys::named(keys::PERSON, person), encode_prior(prior));
-        }
-        for (key, value) in &history {
-            batch.insert(key.as_slice(), value.as_slice());
-        }
-        edge.write(&mut batch);
-        index.write(&mut batch);
+        proj.write(&mut batch);
+        batch.remove(keys::REBUILDING);
         // The tree is now tiles: a log of layout 2 (one record per node)
         // is upgraded. A layout-1 log keeps its marker (its dedup keys
         // still need the older version).
@@ -246,9 +191,29 @@ impl Log {
         }
         tree.apply_batch(batch)?;
         self.inner.store.note(self.handles()?.db.flush())?;
-        Ok(RebuildReport {
-            entries,
-            cases: views.len() as u64,
-        })
+        let size = Checkpoint {
+            global_sequence: entries,
+            last_hash,
+            ..Checkpoint::default()
+        };
+        self.keep_frontier(&size, proj.frontier().clone());
+        Ok(RebuildReport { entries, cases })
     }
+}
+
+/// Entries per batch of a rebuild.
+pub(super) const REBUILD_BATCH: u64 = 65_536;
+
+/// Removes, in `batch`, every record under each of `prefixes`.
+pub(super) fn clear_prefixes(
+    tree: &sled::Tree,
+    batch: &mut sled::Batch,
+    prefixes: &[u8],
+) -> Result<()> {
+    for prefix in prefixes {
+        for item in tree.scan_prefix([*prefix]) {
+            batch.remove(item?.0);
+        }
+    }
+    Ok(())
 }

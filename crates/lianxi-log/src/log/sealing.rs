@@ -1,6 +1,13 @@
 //! The keys a group seals personal values with.
 
-use super::*;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use lianxi_crypto::{DataKey, IndexKey};
+use lianxi_proto::v1::Sealed;
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
 
 /// The keys a group needs to seal personal values: each case's data key
 /// and the city's index key (for person tokens). Kept in memory only; the
@@ -28,8 +35,9 @@ impl GroupKeys {
     }
 
     /// Keys derived from `seed` for every case and the index, for tests
-    /// and benchmarks that run without a key store. Never used by a node.
-    #[doc(hidden)]
+    /// and benchmarks that run without a key store (feature `test-util`;
+    /// a node is never built with it).
+    #[cfg(any(test, feature = "test-util"))]
     pub fn derived(seed: &str) -> Self {
         GroupKeys {
             derive: Some(Sha256::digest(seed.as_bytes()).into()),
@@ -37,8 +45,8 @@ impl GroupKeys {
         }
     }
 
-    /// The key `derived(seed)` uses for a case.
-    #[doc(hidden)]
+    /// The key `derived(seed)` uses for a case (feature `test-util`).
+    #[cfg(any(test, feature = "test-util"))]
     pub fn derived_case_key(seed: &str, case_id: &str) -> Arc<DataKey> {
         let seed: [u8; 32] = Sha256::digest(seed.as_bytes()).into();
         Arc::new(derive_key(&seed, "case", case_id))

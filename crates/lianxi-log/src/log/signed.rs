@@ -1,6 +1,8 @@
 //! Signed checkpoints the node issued, kept in their own tree.
 
-use super::*;
+use super::{Log, StoredCheckpoint};
+use crate::error::{Error, Location, Result};
+use crate::keys;
 
 impl Log {
     /// Keeps a signed checkpoint the node issued, of the tree of `size`

@@ -1,12 +1,20 @@
 //! Hooks that damage the stored log on purpose, for tests only.
 
-use super::*;
+use prost::Message;
+
+use super::Log;
+use super::read::{decode_entry, read_entry};
+use super::signed::decode_stored_checkpoint;
+use crate::error::Result;
+use crate::keys;
+use crate::store::HighWater;
+use crate::tiles;
 
 impl Log {
     /// Hooks that damage the stored log on purpose, for the tamper tests
     /// (tests/tamper.rs) only: the node never calls them. They stand for an
     /// operator or intruder editing the sled files of a stopped node.
-    #[doc(hidden)]
+    /// Only in builds with the feature `test-util`.
     pub fn tamper(&self) -> Tamper<'_> {
         Tamper { log: self }
     }

@@ -1,7 +1,9 @@
 //! What the node's side tasks have done: receipts acknowledged by the bus,
 //! erasures whose side effects are pending.
 
-use super::*;
+use super::Log;
+use crate::error::{Error, Location, Result};
+use crate::keys;
 
 impl Log {
     /// The last stream sequence whose receipt the bus acknowledged.

@@ -8,7 +8,15 @@ use lianxi_proto::v1::{self as pb, Agency};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use lianxi_domain::intake::{opening_person as person_key, prior_of};
+use lianxi_domain::{Context, EntryMeta, Policy, PriorCase};
+use lianxi_proto::Timestamp;
+use lianxi_proto::v1::{CaseView, Event, LogEntry, RejectionCode, RejectionRecord};
+use prost::Message;
+
 use super::*;
+use crate::error::{Error, Location};
+use crate::keys;
 
 const AGENCIES: [Agency; 7] = lianxi_domain::ALL_AGENCIES;
 
@@ -1486,7 +1494,11 @@ fn undecodable_bytes_naming_a_person_never_reach_the_data_directory_in_the_clear
     )
     .unwrap();
     let needed = log
-        .keys_needed(&[msg(9, "lianxi.v1.events.police.C-3", garbage.clone())])
+        .keys_needed(&Prepared::new(vec![msg(
+            9,
+            "lianxi.v1.events.police.C-3",
+            garbage.clone(),
+        )]))
         .unwrap();
     assert_eq!(needed.cases, vec!["C-3".to_string()]);
     log.append_group(
@@ -1497,7 +1509,7 @@ fn undecodable_bytes_naming_a_person_never_reach_the_data_directory_in_the_clear
     // After the erasure no key is fetched for the case, and nothing of a
     // later message on its subject is kept.
     let needed = log
-        .keys_needed(&[msg(9, subject, garbage.clone())])
+        .keys_needed(&Prepared::new(vec![msg(9, subject, garbage.clone())]))
         .unwrap();
     assert!(needed.cases.is_empty(), "{needed:?}");
     let kept = log.rejections(0, 10).unwrap();
@@ -1644,5 +1656,170 @@ fn a_log_below_its_high_water_mark_is_behind_until_it_has_caught_up() {
     match log.append_group(rest, &TEST_KEYS) {
         Err(Error::Damaged { detail, .. }) => assert!(detail.contains("high-water"), "{detail}"),
         other => panic!("expected damage, got {other:?}"),
+    }
+}
+
+/// The pure intake step over a state kept in memory: the domain's
+/// `parse` and `decide`, with the plan applied to plain maps (the same
+/// sealing and person tokens as the log, from the same derived keys).
+#[derive(Default)]
+struct MemState {
+    views: BTreeMap<String, CaseView>,
+    accepted: HashMap<(Agency, String), (u64, Event)>,
+    persons: HashMap<String, PriorCase>,
+    /// The person token of each case's opening.
+    case_persons: HashMap<String, String>,
+    global: u64,
+}
+
+impl lianxi_domain::intake::State for MemState {
+    type Error = std::convert::Infallible;
+    fn view(&self, case_id: &str) -> std::result::Result<Option<CaseView>, Self::Error> {
+        Ok(self.views.get(case_id).cloned())
+    }
+    fn accepted(&self, agency: Agency, id: &str) -> std::result::Result<Option<u64>, Self::Error> {
+        Ok(self.accepted.get(&(agency, id.to_owned())).map(|(g, _)| *g))
+    }
+    fn accepted_event(
+        &self,
+        agency: Agency,
+        id: &str,
+    ) -> std::result::Result<Option<Event>, Self::Error> {
+        Ok(self
+            .accepted
+            .get(&(agency, id.to_owned()))
+            .map(|(_, e)| e.clone()))
+    }
+    fn person_token(&self, person_ref: &str) -> std::result::Result<String, Self::Error> {
+        let key = TEST_KEYS.index().expect("derived");
+        Ok(hex::encode(lianxi_crypto::person_token(
+            key.as_ref(),
+            person_ref,
+        )))
+    }
+    fn prior_case(&self, token: &str) -> std::result::Result<Option<PriorCase>, Self::Error> {
+        Ok(self.persons.get(token).cloned())
+    }
+}
+
+impl MemState {
+    /// Decides one message and applies the plan; the outcome as the log
+    /// reports it, without the entry hash (the model keeps no chain).
+    fn take(&mut self, policy: &Policy, m: &Incoming) -> EventOutcome {
+        use lianxi_domain::intake::{self, Plan};
+        let parsed = intake::parse(&m.subject, &m.payload);
+        let Ok(plan) = intake::decide(policy, &*self, &m.subject, parsed);
+        match plan {
+            Plan::Duplicate {
+                event_id,
+                original_global_sequence,
+                ..
+            } => EventOutcome::Duplicate {
+                event_id,
+                original_global_sequence,
+            },
+            Plan::Reject(r) => EventOutcome::Rejected {
+                event_id: r
+                    .event
+                    .as_ref()
+                    .map(|e| lianxi_domain::printable(&e.event_id, lianxi_domain::MAX_ID_LEN)),
+                code: r.rejection.code,
+                reason: lianxi_domain::printable(
+                    &r.rejection.reason,
+                    lianxi_domain::MAX_REASON_CHARS,
+                ),
+            },
+            Plan::Accept(a) => {
+                let intake::Accept {
+                    mut event,
+                    view,
+                    person,
+                    prior,
+                    seal,
+                } = *a;
+                self.global += 1;
+                let key = super::GroupKeys::derived_case_key("lianxi-test", &event.case_id);
+                let sealed = if seal {
+                    lianxi_crypto::seal_entry(&mut event, &key)
+                } else {
+                    Vec::new()
+                };
+                let case_sequence = view.as_ref().map_or(0, |v| v.case_sequence) + 1;
+                let ctx = Context {
+                    policy,
+                    prior_case: prior.as_ref(),
+                };
+                let meta = EntryMeta {
+                    global_sequence: self.global,
+                    case_sequence,
+                    recorded_at: m.recorded_at,
+                    sealed: &sealed,
+                };
+                let new = lianxi_domain::apply(&ctx, view, &event, &meta);
+                if let Some(p) = person {
+                    self.persons.insert(p.clone(), prior_of(&new));
+                    self.case_persons.insert(event.case_id.clone(), p);
+                }
+                let erased = lianxi_domain::intake::is_erasure(&event);
+                if erased
+                    && let Some(p) = self.case_persons.get(&event.case_id)
+                    && self
+                        .persons
+                        .get(p)
+                        .is_some_and(|x| x.case_id == event.case_id)
+                {
+                    self.persons.remove(p);
+                }
+                self.views.insert(event.case_id.clone(), new);
+                let agency = lianxi_domain::intake::agency_of(&event);
+                let outcome = EventOutcome::Accepted {
+                    event_id: event.event_id.clone(),
+                    case_id: event.case_id.clone(),
+                    global_sequence: self.global,
+                    case_sequence,
+                    hash: [0; 32],
+                    erased,
+                };
+                self.accepted
+                    .insert((agency, event.event_id.clone()), (self.global, event));
+                outcome
+            }
+        }
+    }
+}
+
+#[test]
+fn the_pure_intake_step_over_memory_decides_every_message_as_the_log_on_sled_does() {
+    for seed in 20..26u64 {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = Policy::default();
+        let msgs = stream(seed, 400);
+        let log = Log::open(dir.path(), policy.clone()).unwrap();
+        let mut mem = MemState::default();
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut pos = 0;
+        let mut kinds = [0u32; 3];
+        while pos < msgs.len() {
+            let end = (pos + rng.random_range(1..=40)).min(msgs.len());
+            let report = log.append_group(&msgs[pos..end], &TEST_KEYS).unwrap();
+            for ((seq, stored), m) in report.outcomes.iter().zip(&msgs[pos..end]) {
+                let mut stored = stored.clone();
+                if let EventOutcome::Accepted { hash, .. } = &mut stored {
+                    *hash = [0; 32];
+                    kinds[0] += 1;
+                }
+                kinds[1] += u32::from(matches!(stored, EventOutcome::Rejected { .. }));
+                kinds[2] += u32::from(matches!(stored, EventOutcome::Duplicate { .. }));
+                assert_eq!(mem.take(&policy, m), stored, "seed {seed}, message {seq}");
+            }
+            pos = end;
+        }
+        assert!(kinds.iter().all(|k| *k > 0), "seed {seed}: {kinds:?}");
+        let in_memory: Vec<(String, Vec<u8>)> = mem
+            .views
+            .iter()
+            .map(|(k, v)| (k.clone(), v.encode_to_vec()))
+            .collect();
+        assert_eq!(log.view_bytes().unwrap(), in_memory, "seed {seed}");
     }
 }

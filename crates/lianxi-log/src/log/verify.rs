@@ -1,6 +1,16 @@
 //! The full check of the log against its entries.
 
-use super::*;
+use std::collections::HashMap;
+
+use lianxi_domain::intake::agency_of;
+
+use super::read::decode_entry;
+use super::{Log, VerifyReport, entry_hash};
+use crate::error::{Error, Location, Result};
+use crate::keys;
+use crate::merkle::{self, Frontier};
+use crate::packed;
+use crate::tiles::{self, Edge};
 
 impl Log {
     /// Checks the whole log: dense global and case sequences, each entry's

@@ -1,0 +1,189 @@
+//! Projections: every record family derived from the entries.
+//!
+//! Each family is one module with one function from an entry to the
+//! records it writes (`add`), reading what it has not touched yet from the
+//! store and keeping what it changed in memory until `write` puts it into
+//! a batch. The group write and `rebuild` both drive the same
+//! [`Projections`], so a rebuild is correct by construction, and a new
+//! index is one more module here.
+//!
+//! | family | module | keys |
+//! |---|---|---|
+//! | case views | [`view`] | `V` |
+//! | person index and its history | [`person`] | `P`, `H` |
+//! | per-case index | [`case_index`] | `N` |
+//! | stream index | [`stream_index`] | `B` |
+//! | duplicate (idempotency) index | [`dedup`] | `D` |
+//! | Merkle tree as tiles | [`tree`] | `G` |
+
+mod case_index;
+mod dedup;
+mod person;
+mod stream_index;
+mod tree;
+pub(crate) mod view;
+
+use lianxi_domain::{Context, EntryMeta, Policy, PriorCase};
+use lianxi_proto::v1::{CaseView, Event, LogEntry};
+
+use crate::error::{Error, Location, Result};
+use crate::keys;
+use crate::merkle::{Frontier, Hash};
+
+pub(crate) use dedup::Dedup;
+pub(crate) use person::{Persons, decode_prior};
+pub(crate) use view::Views;
+
+/// One entry as every projection sees it.
+pub(crate) struct Step<'a> {
+    pub(crate) entry: &'a LogEntry,
+    pub(crate) event: &'a Event,
+    pub(crate) hash: &'a Hash,
+    /// The case's view after the entry.
+    pub(crate) view: &'a CaseView,
+    /// The entry's person token (hex), for an opening that names a person.
+    pub(crate) person: Option<&'a str>,
+}
+
+/// Every derived record family, as changed since the last `write`.
+pub(crate) struct Projections {
+    pub(crate) views: Views,
+    pub(crate) persons: Persons,
+    pub(crate) dedup: Dedup,
+    cases: case_index::CaseIndex,
+    streams: stream_index::StreamIndex,
+    tree: tree::Tiles,
+}
+
+impl Projections {
+    /// The key prefixes of every family: what `rebuild` clears before it
+    /// derives them again.
+    pub(crate) const PREFIXES: [u8; 7] = [
+        keys::VIEW,
+        keys::PERSON,
+        keys::PERSON_HISTORY,
+        keys::CASE_PACKED,
+        keys::BY_STREAM_PACKED,
+        keys::DEDUP,
+        keys::TILE,
+    ];
+    /// Derived families of storage layout 2 that layout 3 replaced:
+    /// `rebuild` removes them.
+    pub(crate) const RETIRED: [u8; 3] = [keys::TREE, keys::CASE_INDEX, keys::BY_STREAM];
+
+    /// Projections continuing a log whose Merkle tree has `frontier`.
+    pub(crate) fn new(frontier: Frontier) -> Self {
+        Projections {
+            views: Views::default(),
+            persons: Persons::default(),
+            dedup: Dedup::default(),
+            cases: case_index::CaseIndex::default(),
+            streams: stream_index::StreamIndex::default(),
+            tree: tree::Tiles::new(frontier),
+        }
+    }
+
+    /// Projects one entry, the next of the log: the case's view after it
+    /// (with the person index as it stood before it), then every family.
+    /// `base` holds what earlier writes left.
+    pub(crate) fn add(
+        &mut self,
+        base: &sled::Tree,
+        policy: &Policy,
+        entry: &LogEntry,
+    ) -> Result<()> {
+        let prior = match entry_person(entry) {
+            Some(p) => self.persons.prior(base, &p)?,
+            None => None,
+        };
+        let case_id = entry
+            .event
+            .as_ref()
+            .map(|e| e.case_id.as_str())
+            .unwrap_or_default();
+        let before = self.views.get(base, case_id)?;
+        self.add_decided(base, policy, entry, before, prior)
+    }
+
+    /// [`Projections::add`] of an entry the intake step has just decided,
+    /// with the case's view before it and the person's prior case that the
+    /// decision read (the same [`Projections::add`] would read).
+    pub(crate) fn add_decided(
+        &mut self,
+        base: &sled::Tree,
+        policy: &Policy,
+        entry: &LogEntry,
+        before: Option<CaseView>,
+        prior: Option<PriorCase>,
+    ) -> Result<()> {
+        let hash = Hash::try_from(entry.hash.as_slice()).map_err(|_| Error::Corruption {
+            at: Location::Entry(entry.global_sequence),
+            detail: format!("the entry's hash is {} bytes, not 32", entry.hash.len()),
+        })?;
+        let expected = self.tree.size() + 1;
+        if entry.global_sequence != expected {
+            return Err(Error::Corruption {
+                at: Location::Entry(expected),
+                detail: format!(
+                    "expected global sequence {expected}, found {}; run `lianxi verify`",
+                    entry.global_sequence
+                ),
+            });
+        }
+        let default_event;
+        let event = match &entry.event {
+            Some(e) => e,
+            None => {
+                default_event = Event::default();
+                &default_event
+            }
+        };
+        let person = entry_person(entry);
+        let ctx = Context {
+            policy,
+            prior_case: prior.as_ref(),
+        };
+        let meta = EntryMeta {
+            global_sequence: entry.global_sequence,
+            case_sequence: entry.case_sequence,
+            recorded_at: entry.recorded_at.unwrap_or_default(),
+            sealed: &entry.sealed,
+        };
+        let view = lianxi_domain::apply(&ctx, before, event, &meta);
+        let step = Step {
+            entry,
+            event,
+            hash: &hash,
+            view: &view,
+            person: person.as_deref(),
+        };
+        self.persons.add(base, &step)?;
+        self.cases.add(base, &step)?;
+        self.streams.add(base, &step)?;
+        self.dedup.add(&step);
+        self.tree.add(base, &step)?;
+        self.views.add(view);
+        Ok(())
+    }
+
+    /// Puts every changed record into `batch`, and forgets them (the next
+    /// `add` reads them from the store, where the batch will have put them).
+    pub(crate) fn write(&mut self, batch: &mut sled::Batch) {
+        self.views.write(batch);
+        self.persons.write(batch);
+        self.cases.write(batch);
+        self.streams.write(batch);
+        self.dedup.write(batch);
+        self.tree.write(batch);
+    }
+
+    /// The Merkle tree's right frontier after the last entry added.
+    pub(crate) fn frontier(&self) -> &Frontier {
+        self.tree.frontier()
+    }
+}
+
+/// The person token of a stored entry, as the index's key (hex).
+pub(crate) fn entry_person(entry: &LogEntry) -> Option<String> {
+    (!entry.person_token.is_empty()).then(|| hex::encode(&entry.person_token))
+}
