@@ -686,3 +686,104 @@ async fn case_after_long(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// The views of a data directory, as stored bytes, and its Merkle root.
+fn derived_state(dir: &Path) -> (Vec<(String, Vec<u8>)>, [u8; 32]) {
+    let log = lianxi_log::Log::open(dir, lianxi_domain::Policy::default()).unwrap();
+    let views = log.view_bytes().unwrap();
+    let root = log.root(log.tree_size()).unwrap();
+    (views, root)
+}
+
+/// `lianxi rebuild` killed with SIGKILL part way through: the directory is
+/// then either as it was or marked as cut off, `lianxi verify` and the log
+/// itself refuse it and say to run the rebuild again (a node's `serve`
+/// runs it before it reads or serves anything), and the rebuild run again
+/// gives the same views and root.
+#[test]
+fn a_rebuild_killed_part_way_is_refused_until_it_is_run_again_and_then_gives_the_same_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    {
+        // A simulated city, appended directly (no bus: this is about the
+        // rebuild of what is on disk).
+        let log = lianxi_log::Log::open(dir.path(), lianxi_domain::Policy::default()).unwrap();
+        let msgs: Vec<lianxi_log::Incoming> = workload(17, 2_000, "RB")
+            .iter()
+            .enumerate()
+            .map(|(i, e)| lianxi_log::Incoming {
+                stream_sequence: i as u64 + 1,
+                subject: support::subject(e),
+                recorded_at: e.occurred_at.unwrap_or_default(),
+                payload: e.encode_to_vec(),
+            })
+            .collect();
+        for chunk in msgs.chunks(512) {
+            log.append_group(chunk, &lianxi_log::GroupKeys::derived("rebuild-test"))
+                .unwrap();
+        }
+    }
+    let before = derived_state(dir.path());
+    assert!(before.0.len() >= 1_900, "{} views", before.0.len());
+    // How long a whole rebuild takes here, to kill the next ones part way.
+    let start = Instant::now();
+    let (ok, _, err) = lianxi(&["rebuild", "--data-dir", data], &[]);
+    assert!(ok, "{err}");
+    let whole = start.elapsed();
+    assert_eq!(
+        derived_state(dir.path()),
+        before,
+        "a rebuild changed the log"
+    );
+    let (mut cut_off, mut kills) = (0, 0);
+    for share in [0.3, 0.5, 0.7, 0.85] {
+        let mut child = Command::new(LIANXI)
+            .args(["rebuild", "--data-dir", data])
+            .env("LIANXI_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(whole.mul_f64(share));
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap();
+            kills += 1;
+        }
+        child.wait().unwrap();
+        let (ok, out, err) = lianxi(&["verify", "--data-dir", data], &[]);
+        if !ok {
+            assert!(
+                err.contains("cut off before it finished") && err.contains("lianxi rebuild"),
+                "a killed rebuild should leave the log as it was or marked as cut off: {out} {err}"
+            );
+            cut_off += 1;
+            // The log itself refuses to grow or answer lookups from it.
+            let log = lianxi_log::Log::open(dir.path(), lianxi_domain::Policy::default()).unwrap();
+            let refused = log.check_storage_layout().unwrap_err().to_string();
+            assert!(refused.contains("cut off"), "{refused}");
+            let appended = log.append_group(&[], &lianxi_log::GroupKeys::new());
+            assert!(
+                matches!(appended, Err(lianxi_log::Error::Layout { .. })),
+                "{appended:?}"
+            );
+        }
+        let (ok, _, err) = lianxi(&["rebuild", "--data-dir", data], &[]);
+        assert!(ok, "{err}");
+        let (ok, out, err) = lianxi(&["verify", "--data-dir", data], &[]);
+        assert!(ok, "{out} {err}");
+        assert_eq!(
+            derived_state(dir.path()),
+            before,
+            "after the rebuild ran again"
+        );
+    }
+    assert!(
+        cut_off > 0,
+        "no kill landed inside the rebuild ({kills} kills of a {whole:?} rebuild)"
+    );
+    lianxi_testkit::fault_test(format!(
+        "FAULT-TEST a_rebuild_killed_part_way: killed `lianxi rebuild` (SIGKILL) {kills} times at 30-85% of a {:.1} s rebuild of {} cases; {cut_off} left it marked as cut off and refused by verify and by the log (no append, no lookup), the rest as it was; each rebuild run again gave the same views and root",
+        whole.as_secs_f64(),
+        before.0.len()
+    ));
+}

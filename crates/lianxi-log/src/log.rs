@@ -221,7 +221,10 @@ impl Log {
         });
         // Below its high-water mark, derived records may be from any moment
         // (see `repair_to_checkpoint`); the tail is judged after the repair.
-        let damage = if below_mark {
+        // A rebuild cut off part way left derived records half written: the
+        // tail is judged once it has run again (`upgrade_storage_layout`).
+        let rebuilding = store::guard(path, || Ok(tree.contains_key(crate::keys::REBUILDING)?))?;
+        let damage = if below_mark || rebuilding {
             None
         } else {
             tail_damage(path, &tree, &checkpoint)?

@@ -76,6 +76,11 @@ impl Log {
         // `rebuild` removes layout 2's records and moves the marker on; it
         // can be run again after a crash.
         let report = self.rebuild()?;
+        // The open-time check of the newest entries was left for now.
+        if interrupted && self.behind().is_none() {
+            let found = tail_damage(self.path(), &self.log_tree()?, &self.checkpoint())?;
+            *self.inner.damage.lock().unwrap_or_else(|p| p.into_inner()) = found;
+        }
         if nodes {
             tracing::info!(
                 data_dir = %self.path().display(),
