@@ -87,6 +87,7 @@ impl CasesApi {
         after: String,
         limit: usize,
     ) -> Result<(Vec<CaseView>, bool), Status> {
+        let narrow = Narrow::of(&filter, principal);
         let principal = principal.clone();
         let keep = move |v: &CaseView| {
             crate::auth::may_read_case(&principal, v) && lianxi_domain::matches(&filter, v, &now)
@@ -103,10 +104,36 @@ impl CasesApi {
             let mut out = Vec::new();
             let mut after = after;
             loop {
-                let chunk = log.views_after(&after, chunk_size)?;
-                let exhausted = chunk.len() < chunk_size;
+                // With a filter the index can narrow by, only the views of
+                // the cases it names are read; `keep` judges each.
+                let (chunk, exhausted) = match &narrow {
+                    Narrow::All => {
+                        let chunk = log.views_after(&after, chunk_size)?;
+                        let exhausted = chunk.len() < chunk_size;
+                        (chunk, exhausted)
+                    }
+                    narrow => {
+                        let ids = match narrow {
+                            Narrow::Facet(facet, values) => {
+                                log.case_ids_with(*facet, values, &after, chunk_size)?
+                            }
+                            _ => log.case_ids_overdue(&now, &after, chunk_size)?,
+                        };
+                        let exhausted = ids.len() < chunk_size;
+                        if let Some(last) = ids.last() {
+                            after = last.clone();
+                        }
+                        let mut views = Vec::with_capacity(ids.len());
+                        for id in &ids {
+                            views.extend(log.case_view(id)?);
+                        }
+                        (views, exhausted)
+                    }
+                };
                 for view in chunk {
-                    after = view.case_id.clone();
+                    if view.case_id > after {
+                        after = view.case_id.clone();
+                    }
                     if keep(&view) {
                         if limit > 0 && out.len() == limit {
                             return Ok((out, true));
@@ -120,6 +147,37 @@ impl CasesApi {
             }
         })
         .await
+    }
+}
+
+/// Which cases a list reads: every view, or only those the list filters'
+/// index names for one facet of the filter (or of the caller's need to
+/// know), or those overdue at `now`.
+enum Narrow {
+    All,
+    Facet(lianxi_log::Facet, Vec<i32>),
+    Overdue,
+}
+
+impl Narrow {
+    fn of(filter: &CaseFilter, principal: &Principal) -> Narrow {
+        use lianxi_log::Facet;
+        if filter.overdue_only {
+            Narrow::Overdue
+        } else if !filter.risk_levels.is_empty() {
+            Narrow::Facet(Facet::RiskLevel, filter.risk_levels.clone())
+        } else if !filter.statuses.is_empty() {
+            Narrow::Facet(Facet::Status, filter.statuses.clone())
+        } else if !filter.categories.is_empty() {
+            Narrow::Facet(Facet::Category, filter.categories.clone())
+        } else if filter.involved_agency != lianxi_proto::v1::Agency::Unspecified as i32 {
+            Narrow::Facet(Facet::Agency, vec![filter.involved_agency])
+        } else if let crate::auth::Role::Agency(a) = principal.role {
+            // An agency sees only the cases it is involved in.
+            Narrow::Facet(Facet::Agency, vec![a as i32])
+        } else {
+            Narrow::All
+        }
     }
 }
 

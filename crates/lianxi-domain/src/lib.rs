@@ -90,7 +90,8 @@ pub use error::{MAX_REASON_CHARS, PolicyError, Rejection};
 pub use evaluate::{Evaluation, evaluate};
 pub use policy::Policy;
 pub use query::{
-    DEFAULT_EXPIRING_WITHIN_DAYS, DURATION_NAMES, agenda, is_involved, matches, stats, summarize,
+    DEFAULT_EXPIRING_WITHIN_DAYS, DURATION_NAMES, Facets, agenda, facets, is_involved, matches,
+    stats, summarize,
 };
 pub use rules::decide;
 pub use schema::{decode_event, unknown_event_fields};

@@ -89,6 +89,50 @@ fn is_closed(view: &CaseView) -> bool {
     view.closed_at.is_some() || view.status == CoordinatedStatus::Closed as i32
 }
 
+/// What the list filters' index keeps of a view: every field
+/// [`matches`] filters on that an index can narrow by (status, category,
+/// risk level, involved agencies) and the earliest due time among open
+/// obligations, before which the case is not overdue. `matches` stays the
+/// judge: an index only chooses which views to read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Facets {
+    pub status: i32,
+    pub category: i32,
+    pub risk_level: i32,
+    /// Involved agencies (a returned referral does not count), in order.
+    pub agencies: Vec<i32>,
+    /// The earliest due time among open obligations: the case is overdue at
+    /// `now` exactly when this is before `now`.
+    pub next_due: Option<Timestamp>,
+}
+
+pub fn facets(view: &CaseView) -> Facets {
+    let mut agencies: Vec<i32> = view
+        .agencies
+        .iter()
+        .filter(|x| x.state != InvolvementState::Returned as i32)
+        .map(|x| x.agency)
+        .collect();
+    agencies.sort_unstable();
+    agencies.dedup();
+    Facets {
+        status: view.status,
+        category: view.category,
+        risk_level: flags(view).risk_level,
+        agencies,
+        next_due: next_due(view),
+    }
+}
+
+/// The earliest due time among a view's open obligations.
+fn next_due(view: &CaseView) -> Option<Timestamp> {
+    view.obligations
+        .iter()
+        .filter(|o| is_open(o))
+        .filter_map(|o| o.due_at)
+        .min_by_key(time::key)
+}
+
 /// Does the view match every set field of the filter? See the module docs
 /// for the details.
 pub fn matches(filter: &CaseFilter, view: &CaseView, now: &Timestamp) -> bool {
@@ -152,12 +196,7 @@ pub fn is_involved(view: &CaseView, agency: Agency) -> bool {
 pub fn summarize(view: &CaseView, now: &Timestamp) -> CaseSummary {
     let f = flags(view);
     let ev = evaluate(view, now);
-    let next_due_at = view
-        .obligations
-        .iter()
-        .filter(|o| is_open(o))
-        .filter_map(|o| o.due_at)
-        .min_by_key(time::key);
+    let next_due_at = next_due(view);
     let active_expiry = view
         .orders
         .iter()

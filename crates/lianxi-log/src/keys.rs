@@ -112,6 +112,9 @@ pub(crate) fn case_chunk(case_id: &str, chunk: u64) -> Vec<u8> {
     k.extend_from_slice(&chunk.to_be_bytes());
     k
 }
+/// `K` + facet + value + case id -> empty: the list filters' index
+/// (derived, rebuilt; see `projection/filters.rs`).
+pub(crate) const FILTER_INDEX: u8 = b'K';
 /// `X` + agency (one byte, of the subject) + event id -> stream sequence of
 /// the latest rejection of that agency's event id. Written only for a
 /// subject whose agency token is valid and a well-formed event id.
@@ -129,16 +132,26 @@ pub(crate) const RECEIPTS_SENT: &[u8] = b"Mreceipts";
 /// `M` + name -> metadata: the storage layout version (one byte), written
 /// with every group. Layout 1 (no marker) keyed `D` and `X` by event id
 /// alone; layout 2 keys them by (agency, event id); layout 3 stores the
-/// Merkle tree as tiles (`G`) instead of one record per node (`T`).
+/// Merkle tree as tiles (`G`) instead of one record per node (`T`);
+/// layout 4 adds the list filters' index (`K`).
 pub(crate) const LAYOUT: &[u8] = b"Mlayout";
 /// `M` + name -> metadata: set while `rebuild` is rewriting the derived
 /// records (removed by its last batch). A log that has it was cut off
 /// mid-rebuild and is rebuilt again before anything else.
 pub(crate) const REBUILDING: &[u8] = b"Mrebuilding";
 /// The layout this version writes and reads.
-pub(crate) const LAYOUT_VERSION: u8 = 3;
-/// The layout `rebuild` upgrades in place (only the derived tree differs).
+pub(crate) const LAYOUT_VERSION: u8 = 4;
+/// Layout 2: the Merkle tree one record per node (the open-time tail check
+/// reads its leaves there until the upgrade).
 pub(crate) const LAYOUT_NODES: u8 = 2;
+/// The layouts `rebuild` upgrades in place: they differ from this one only
+/// in derived records.
+pub(crate) const LAYOUT_UPGRADABLE: [u8; 2] = [2, 3];
+
+/// Whether a layout marker names a layout `rebuild` upgrades in place.
+pub(crate) fn upgradable(marker: &[u8]) -> bool {
+    matches!(marker, [v] if LAYOUT_UPGRADABLE.contains(v))
+}
 
 /// `prefix` + agency number (one byte) + id: the agency-scoped indexes
 /// (`D`, `X`). Agency numbers are 1 to 7; a layout-1 key has an id

@@ -40,5 +40,6 @@ pub use log::{
     RebuildReport, StoredCheckpoint, VerifyReport, entry_hash,
 };
 pub use merkle::{Hash, empty_root, leaf_hash, node_hash, verify_consistency, verify_inclusion};
+pub use projection::filters::Facet;
 pub use receipts::rejected as rejection_receipt;
 pub use store::{DEFAULT_CACHE_BYTES, HIGH_WATER_FILE, HighWater, StoreOptions};

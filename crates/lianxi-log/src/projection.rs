@@ -15,9 +15,11 @@
 //! | stream index | [`stream_index`] | `B` |
 //! | duplicate (idempotency) index | [`dedup`] | `D` |
 //! | Merkle tree as tiles | [`tree`] | `G` |
+//! | the list filters' index | [`filters`] | `K` |
 
 mod case_index;
 mod dedup;
+pub(crate) mod filters;
 mod person;
 mod stream_index;
 mod tree;
@@ -50,6 +52,7 @@ pub(crate) struct Projections {
     pub(crate) views: Views,
     pub(crate) persons: Persons,
     pub(crate) dedup: Dedup,
+    filters: filters::Filters,
     cases: case_index::CaseIndex,
     streams: stream_index::StreamIndex,
     tree: tree::Tiles,
@@ -58,7 +61,8 @@ pub(crate) struct Projections {
 impl Projections {
     /// The key prefixes of every family: what `rebuild` clears before it
     /// derives them again.
-    pub(crate) const PREFIXES: [u8; 7] = [
+    pub(crate) const PREFIXES: [u8; 8] = [
+        keys::FILTER_INDEX,
         keys::VIEW,
         keys::PERSON,
         keys::PERSON_HISTORY,
@@ -77,6 +81,7 @@ impl Projections {
             views: Views::default(),
             persons: Persons::default(),
             dedup: Dedup::default(),
+            filters: filters::Filters::default(),
             cases: case_index::CaseIndex::default(),
             streams: stream_index::StreamIndex::default(),
             tree: tree::Tiles::new(frontier),
@@ -149,7 +154,9 @@ impl Projections {
             recorded_at: entry.recorded_at.unwrap_or_default(),
             sealed: &entry.sealed,
         };
+        let postings_before = before.as_ref().map(filters::postings);
         let view = lianxi_domain::apply(&ctx, before, event, &meta);
+        self.filters.add(postings_before, &view);
         let step = Step {
             entry,
             event,
@@ -170,6 +177,7 @@ impl Projections {
     /// `add` reads them from the store, where the batch will have put them).
     pub(crate) fn write(&mut self, batch: &mut sled::Batch) {
         self.views.write(batch);
+        self.filters.write(batch);
         self.persons.write(batch);
         self.cases.write(batch);
         self.streams.write(batch);

@@ -31,10 +31,10 @@ impl Log {
         }
         match tree.get(keys::LAYOUT)? {
             Some(v) if v.as_ref() == [keys::LAYOUT_VERSION] => Ok(()),
-            Some(v) if v.as_ref() == [keys::LAYOUT_NODES] => Err(Error::Layout {
+            Some(v) if keys::upgradable(&v) => Err(Error::Layout {
                 detail: format!(
-                    "the data directory has storage layout {} (the Merkle tree one record per node), and this lianxi keeps the tree as tiles (layout {}); start `lianxi serve` on it, or run `lianxi rebuild` once, and the tree is rewritten from the entries (everything else is kept)",
-                    keys::LAYOUT_NODES,
+                    "the data directory has storage layout {}, and this lianxi writes layout {} (the same entries, more derived records: the Merkle tree as tiles, the list filters' index); start `lianxi serve` on it, or run `lianxi rebuild` once, and the derived records are written again from the entries (nothing in the log itself changes)",
+                    v.first().copied().unwrap_or(0),
                     keys::LAYOUT_VERSION
                 ),
             }),
@@ -60,17 +60,16 @@ impl Log {
         }
     }
 
-    /// Upgrades a data directory of storage layout 2 (the Merkle tree one
-    /// record per node) in place, and finishes a rebuild that was cut off:
+    /// Upgrades a data directory of storage layout 2 or 3 (the same
+    /// entries; the Merkle tree one record per node, no list filters'
+    /// index) in place, and finishes a rebuild that was cut off:
     /// in both cases `rebuild` derives every derived record again from the
     /// entries. The rebuild's report when it ran; nothing otherwise.
     pub fn upgrade_storage_layout(&self) -> Result<Option<RebuildReport>> {
         let tree = self.log_tree()?;
-        let nodes = tree
-            .get(keys::LAYOUT)?
-            .is_some_and(|v| v.as_ref() == [keys::LAYOUT_NODES]);
+        let old = tree.get(keys::LAYOUT)?.filter(|v| keys::upgradable(v));
         let interrupted = tree.contains_key(keys::REBUILDING)?;
-        if !nodes && !interrupted {
+        if old.is_none() && !interrupted {
             return Ok(None);
         }
         // `rebuild` removes layout 2's records and moves the marker on; it
@@ -81,12 +80,12 @@ impl Log {
             let found = tail_damage(self.path(), &self.log_tree()?, &self.checkpoint())?;
             *self.inner.damage.lock().unwrap_or_else(|p| p.into_inner()) = found;
         }
-        if nodes {
+        if let Some(old) = old {
             tracing::info!(
                 data_dir = %self.path().display(),
                 entries = report.entries,
-                "storage layout {} upgraded to {}: the Merkle tree is kept as tiles",
-                keys::LAYOUT_NODES,
+                "storage layout {} upgraded to {}: the derived records written again from the entries",
+                old.first().copied().unwrap_or(0),
                 keys::LAYOUT_VERSION
             );
         } else {

@@ -2,6 +2,7 @@
 //! duplicate records, receipts.
 
 use lianxi_domain::{Context, EntryMeta, PriorCase};
+use lianxi_proto::Timestamp;
 use lianxi_proto::v1::{Agency, CaseView, DuplicateRecord, LogEntry, Receipt, RejectionRecord};
 use prost::Message;
 
@@ -9,10 +10,71 @@ use super::Log;
 use crate::error::{Error, Location, Result};
 use crate::keys;
 use crate::packed;
+use crate::projection::filters::{self, Facet};
 use crate::projection::{decode_prior, entry_person, view};
 use crate::receipts;
 
 impl Log {
+    /// The ids of cases after `after`, in id order, at most `limit`, whose
+    /// current view has one of `values` in `facet` (the list filters'
+    /// index: `lianxi_domain::facets`).
+    pub fn case_ids_with(
+        &self,
+        facet: Facet,
+        values: &[i32],
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<String>> {
+        self.check_layout(&self.checkpoint())?;
+        let tree = self.log_tree()?;
+        let mut ids = Vec::new();
+        for value in values {
+            let prefix = filters::value_prefix(facet, *value);
+            let mut start = prefix.clone();
+            start.extend_from_slice(after.as_bytes());
+            start.push(0);
+            for item in tree.range(start..).take(limit) {
+                let (k, _) = item?;
+                if !k.starts_with(&prefix) {
+                    break;
+                }
+                ids.push(posting_case(&k, prefix.len())?);
+            }
+        }
+        // Each value's ids come in order; the first `limit` of the merge are
+        // among the first `limit` of each.
+        ids.sort_unstable();
+        ids.dedup();
+        ids.truncate(limit);
+        Ok(ids)
+    }
+
+    /// The ids of cases after `after`, in id order, at most `limit`, with an
+    /// open obligation due before `now`: those overdue at `now`. Reads the
+    /// postings of every case overdue at `now` (they are ordered by due
+    /// time, not id).
+    pub fn case_ids_overdue(
+        &self,
+        now: &Timestamp,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<String>> {
+        self.check_layout(&self.checkpoint())?;
+        let tree = self.log_tree()?;
+        let mut ids = Vec::new();
+        for item in tree.range(filters::due_start().to_vec()..filters::due_prefix(now)) {
+            let (k, _) = item?;
+            let id = posting_case(&k, filters::DUE_PREFIX_LEN)?;
+            if id.as_str() > after {
+                ids.push(id);
+            }
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        ids.truncate(limit);
+        Ok(ids)
+    }
+
     /// The current view of a case.
     pub fn case_view(&self, case_id: &str) -> Result<Option<CaseView>> {
         view::read(&self.log_tree()?, case_id)
@@ -336,4 +398,15 @@ pub(crate) fn decode_entry(key: &[u8], bytes: &[u8]) -> Result<LogEntry> {
         at: at(),
         detail: format!("entry does not decode: {e}"),
     })
+}
+
+/// The case id at the end of a list filters' posting.
+fn posting_case(key: &[u8], prefix: usize) -> Result<String> {
+    key.get(prefix..)
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .map(str::to_owned)
+        .ok_or_else(|| Error::Corruption {
+            at: Location::Key(hex::encode(key)),
+            detail: "a list filters' index posting without a case id".into(),
+        })
 }

@@ -180,12 +180,12 @@ impl Log {
         let mut batch = sled::Batch::default();
         proj.write(&mut batch);
         batch.remove(keys::REBUILDING);
-        // The tree is now tiles: a log of layout 2 (one record per node)
-        // is upgraded. A layout-1 log keeps its marker (its dedup keys
-        // still need the older version).
+        // Every derived record is this layout's now: a log of an older
+        // layout with the same entries (2, 3) is upgraded. A layout-1 log
+        // keeps its marker (its dedup keys still need the older version).
         if tree
             .get(keys::LAYOUT)?
-            .is_some_and(|v| v.as_ref() == [keys::LAYOUT_NODES])
+            .is_some_and(|v| keys::upgradable(&v))
         {
             batch.insert(keys::LAYOUT, &[keys::LAYOUT_VERSION]);
         }
