@@ -1917,3 +1917,28 @@ fn the_list_filters_index_names_exactly_the_cases_whose_views_match_and_rebuilds
         );
     }
 }
+
+#[test]
+fn a_layout_3_directory_gets_its_filters_index_from_the_upgrade() {
+    let (_dir, log) = small_log();
+    let want = filter_postings(&log);
+    assert!(!want.is_empty());
+    // What layout 3 wrote: everything but the `K` postings.
+    let t = log.tree();
+    for k in &want {
+        t.remove(k).unwrap();
+    }
+    t.insert(keys::LAYOUT, &[3]).unwrap();
+    let refused = log.check_storage_layout().unwrap_err().to_string();
+    assert!(
+        refused.contains("layout 3") && refused.contains("lianxi rebuild"),
+        "{refused}"
+    );
+    assert!(log.upgrade_storage_layout().unwrap().is_some());
+    log.check_storage_layout().unwrap();
+    assert_eq!(filter_postings(&log), want);
+    assert!(
+        log.upgrade_storage_layout().unwrap().is_none(),
+        "once is enough"
+    );
+}
