@@ -280,3 +280,131 @@ pub fn prior_of(view: &CaseView) -> PriorCase {
         opened_at: view.opened_at.unwrap_or_default(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::convert::Infallible;
+
+    use prost::Message;
+
+    use super::*;
+
+    /// A state in memory: views and accepted events only.
+    #[derive(Default)]
+    struct Mem {
+        views: HashMap<String, CaseView>,
+        accepted: HashMap<(Agency, String), (u64, Event)>,
+    }
+
+    impl State for Mem {
+        type Error = Infallible;
+        fn view(&self, case_id: &str) -> Result<Option<CaseView>, Infallible> {
+            Ok(self.views.get(case_id).cloned())
+        }
+        fn accepted(&self, agency: Agency, id: &str) -> Result<Option<u64>, Infallible> {
+            Ok(self.accepted.get(&(agency, id.to_owned())).map(|x| x.0))
+        }
+        fn accepted_event(&self, agency: Agency, id: &str) -> Result<Option<Event>, Infallible> {
+            Ok(self
+                .accepted
+                .get(&(agency, id.to_owned()))
+                .map(|x| x.1.clone()))
+        }
+        fn person_token(&self, person_ref: &str) -> Result<String, Infallible> {
+            Ok(format!("token-of-{}", person_ref.len()))
+        }
+        fn prior_case(&self, _: &str) -> Result<Option<PriorCase>, Infallible> {
+            Ok(None)
+        }
+    }
+
+    impl Mem {
+        /// Decides a message and, when accepted, applies it.
+        fn take(&mut self, subject: &str, payload: &[u8]) -> Plan {
+            let policy = Policy::default();
+            let Ok(plan) = decide(&policy, &*self, subject, parse(subject, payload));
+            if let Plan::Accept(a) = &plan {
+                let n = self.accepted.len() as u64 + 1;
+                let meta = crate::EntryMeta {
+                    global_sequence: n,
+                    case_sequence: a.view.as_ref().map_or(0, |v| v.case_sequence) + 1,
+                    recorded_at: a.event.occurred_at.unwrap_or_default(),
+                    sealed: &[],
+                };
+                let ctx = Context {
+                    policy: &policy,
+                    prior_case: a.prior.as_ref(),
+                };
+                let view = crate::apply(&ctx, a.view.clone(), &a.event, &meta);
+                self.views.insert(a.event.case_id.clone(), view);
+                self.accepted.insert(
+                    (agency_of(&a.event), a.event.event_id.clone()),
+                    (n, a.event.clone()),
+                );
+            }
+            plan
+        }
+    }
+
+    #[test]
+    fn each_message_gets_the_plan_its_kind_calls_for() {
+        let opening = lianxi_sim::generate(&lianxi_sim::Workload::default())
+            .into_iter()
+            .map(|(e, _)| e)
+            .find(|e| matches!(e.body, Some(Body::CaseOpened(_))))
+            .expect("the city opens cases");
+        let subject = crate::event_subject(&opening).unwrap();
+        let mut mem = Mem::default();
+        // Accepted, with the person named and the seal plan set.
+        let Plan::Accept(a) = mem.take(&subject, &opening.encode_to_vec()) else {
+            panic!("the opening is accepted")
+        };
+        assert!(a.view.is_none() && a.person.is_some() && a.seal);
+        // The same again: a duplicate of entry 1 (not CASE_EXISTS).
+        assert_eq!(
+            mem.take(&subject, &opening.encode_to_vec()),
+            Plan::Duplicate {
+                agency: agency_of(&opening),
+                event_id: opening.event_id.clone(),
+                original_global_sequence: 1,
+            }
+        );
+        // A new id opening the same case breaks a rule: kept stripped.
+        let mut again = opening.clone();
+        again.event_id.push_str("-2");
+        let Plan::Reject(r) = mem.take(&subject, &again.encode_to_vec()) else {
+            panic!("a second opening is rejected")
+        };
+        assert_eq!(
+            (r.rejection.code, r.keep.clone()),
+            (RejectionCode::CaseExists, Keep::Stripped)
+        );
+        // Bytes that are no event on the case's subject: sealed under its key.
+        let Plan::Reject(r) = mem.take(&subject, &[0xff, 0x01]) else {
+            panic!("garbage is rejected")
+        };
+        assert_eq!(
+            r.keep,
+            Keep::Sealed {
+                case_id: opening.case_id.clone()
+            }
+        );
+        // Too large, on a subject naming no case: kept as received.
+        let big = vec![0u8; MAX_EVENT_BYTES + 1];
+        let Plan::Reject(r) = mem.take("lianxi.v1.events.police", &big) else {
+            panic!("too large is rejected")
+        };
+        assert_eq!(
+            (r.rejection.code, r.keep),
+            (RejectionCode::TooLarge, Keep::AsReceived)
+        );
+        // Once the case's personal data is erased, nothing is kept.
+        mem.views.get_mut(&opening.case_id).unwrap().personal_data =
+            PersonalDataState::Erased as i32;
+        let Plan::Reject(r) = mem.take(&subject, &[0xff, 0x01]) else {
+            panic!("garbage is rejected")
+        };
+        assert_eq!(r.keep, Keep::Withheld);
+    }
+}
