@@ -144,18 +144,8 @@ impl Projections {
             }
         };
         let person = entry_person(entry);
-        let ctx = Context {
-            policy,
-            prior_case: prior.as_ref(),
-        };
-        let meta = EntryMeta {
-            global_sequence: entry.global_sequence,
-            case_sequence: entry.case_sequence,
-            recorded_at: entry.recorded_at.unwrap_or_default(),
-            sealed: &entry.sealed,
-        };
         let postings_before = before.as_ref().map(filters::postings);
-        let view = lianxi_domain::apply(&ctx, before, event, &meta);
+        let view = view_after(policy, before, entry, prior.as_ref());
         self.filters.add(postings_before, &view);
         let step = Step {
             entry,
@@ -189,6 +179,36 @@ impl Projections {
     pub(crate) fn frontier(&self) -> &Frontier {
         self.tree.frontier()
     }
+}
+
+/// A case's view after one stored entry: the domain's `apply` of the
+/// entry's event to the view before it, with the person's prior case as
+/// the person index held it then.
+pub(crate) fn view_after(
+    policy: &Policy,
+    before: Option<CaseView>,
+    entry: &LogEntry,
+    prior: Option<&PriorCase>,
+) -> CaseView {
+    let default_event;
+    let event = match &entry.event {
+        Some(e) => e,
+        None => {
+            default_event = Event::default();
+            &default_event
+        }
+    };
+    let ctx = Context {
+        policy,
+        prior_case: prior,
+    };
+    let meta = EntryMeta {
+        global_sequence: entry.global_sequence,
+        case_sequence: entry.case_sequence,
+        recorded_at: entry.recorded_at.unwrap_or_default(),
+        sealed: &entry.sealed,
+    };
+    lianxi_domain::apply(&ctx, before, event, &meta)
 }
 
 /// The person token of a stored entry, as the index's key (hex).

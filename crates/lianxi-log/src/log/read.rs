@@ -1,7 +1,7 @@
 //! Reads: views, entries, a case's history and replays, rejection and
 //! duplicate records, receipts.
 
-use lianxi_domain::{Context, EntryMeta, PriorCase};
+use lianxi_domain::PriorCase;
 use lianxi_proto::Timestamp;
 use lianxi_proto::v1::{Agency, CaseView, DuplicateRecord, LogEntry, Receipt, RejectionRecord};
 use prost::Message;
@@ -11,7 +11,7 @@ use crate::error::{Error, Location, Result};
 use crate::keys;
 use crate::packed;
 use crate::projection::filters::{self, Facet};
-use crate::projection::{decode_prior, entry_person, view};
+use crate::projection::{decode_prior, entry_person, view, view_after};
 use crate::receipts;
 
 impl Log {
@@ -165,22 +165,11 @@ impl Log {
     /// the person index as it stood then: one replay step for
     /// [`Log::case_as_of`] and [`Log::case_views_through`].
     pub(super) fn replay(&self, view: Option<CaseView>, entry: &LogEntry) -> Result<CaseView> {
-        let event = entry.event.clone().unwrap_or_default();
         let prior = match entry_person(entry) {
             Some(p) => self.prior_before(&p, entry.global_sequence)?,
             None => None,
         };
-        let ctx = Context {
-            policy: &self.inner.policy,
-            prior_case: prior.as_ref(),
-        };
-        let meta = EntryMeta {
-            global_sequence: entry.global_sequence,
-            case_sequence: entry.case_sequence,
-            recorded_at: entry.recorded_at.unwrap_or_default(),
-            sealed: &entry.sealed,
-        };
-        Ok(lianxi_domain::apply(&ctx, view, &event, &meta))
+        Ok(view_after(&self.inner.policy, view, entry, prior.as_ref()))
     }
 
     /// Replays a case from its first entry through the entry with global
