@@ -15,11 +15,14 @@
 //!    adds) on 1 and on 8 threads, `Log::views_after` (the scan behind one
 //!    ListCases page) and `Log::case_as_of` on the long case.
 //! 4. GetCase on random cases and ListCases (domestic violence, pages of
-//!    100 from random start tokens) with 1, 8 and 64 concurrent clients,
+//!    100 from random start tokens, each a token the server gave: collected
+//!    first by walking the list a case at a time) with 1, 8 and 64
+//!    concurrent clients,
 //!    each with its own connection, calling back to back for SECONDS;
 //!    GetCaseAsOf on the long case at its middle and end, 1 client.
 //!
-//! Client and server share the process and the machine's cores.
+//! Client and server share the process and the machine's cores. The last
+//! line is a `BENCH-JSON` line of the figures for `scripts/bench`.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -273,6 +276,21 @@ fn raw_row(name: &str, (calls, rate): (usize, f64), append: f64) {
     );
 }
 
+/// The ListCases filter of the benchmark: domestic violence.
+fn dv_filter() -> CaseFilter {
+    CaseFilter {
+        categories: vec![pb::Category::DomesticViolence as i32],
+        ..CaseFilter::default()
+    }
+}
+
+/// `<name>_per_s`, `<name>_p50_ms` and `<name>_p99_ms` of a row.
+fn figures(json: &mut lianxi_sim::BenchJson, name: &str, r: &Run) {
+    json.num(&format!("{name}_per_s"), r.rate)
+        .num(&format!("{name}_p50_ms"), ms(percentile(&r.lat, 0.5)))
+        .num(&format!("{name}_p99_ms"), ms(percentile(&r.lat, 0.99)));
+}
+
 fn access_record(case_id: &str) -> AccessRecord {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -380,6 +398,13 @@ async fn main() {
         std::hint::black_box(r.unwrap().unwrap());
     });
     let append_rate = append.1;
+    let mut json = lianxi_sim::BenchJson::new();
+    json.num("query_seconds_each", secs.as_secs_f64())
+        .num("case_view_per_s", view.1)
+        .num("access_log_append_per_s", append.1)
+        .num("access_log_append_8_threads_per_s", append8.1)
+        .num("views_after_1000_per_s", scan.1)
+        .num("case_as_of_1000_per_s", as_of.1);
     header("raw parts, no gRPC");
     raw_row(
         "Log::case_view (sled get + prost decode), 1 thread",
@@ -447,9 +472,34 @@ async fn main() {
         })
         .await;
         row(&format!("{n}"), &r, append_rate);
+        figures(&mut json, &format!("get_case_{n}"), &r);
     }
 
-    let tokens = std::sync::Arc::new(tokens.to_vec());
+    // Page tokens are the server's own (bound to the caller and the
+    // filter): walk the list a case at a time, untimed, and keep the token
+    // after each case with at least a full page after it.
+    let mut page_tokens = Vec::with_capacity(dv.len());
+    let mut next = String::new();
+    loop {
+        let reply = cases[0]
+            .clone()
+            .list_cases(ListCasesRequest {
+                filter: Some(dv_filter()),
+                now: None,
+                page_token: next,
+                page_size: 1,
+            })
+            .await
+            .expect("ListCases, one case a page");
+        next = reply.into_inner().next_page_token;
+        if next.is_empty() {
+            break;
+        }
+        page_tokens.push(next.clone());
+    }
+    assert_eq!(page_tokens.len(), dv.len() - 1);
+    page_tokens.truncate(dv.len() - PAGE as usize);
+    let tokens = std::sync::Arc::new(page_tokens);
     println!(
         "\nListCases, domestic violence, pages of {PAGE} from random start tokens (the server reads about twice the page per step):"
     );
@@ -461,10 +511,7 @@ async fn main() {
             async move {
                 let reply = c
                     .list_cases(ListCasesRequest {
-                        filter: Some(CaseFilter {
-                            categories: vec![pb::Category::DomesticViolence as i32],
-                            ..CaseFilter::default()
-                        }),
+                        filter: Some(dv_filter()),
                         now: None,
                         page_token: token,
                         page_size: PAGE,
@@ -476,6 +523,7 @@ async fn main() {
         })
         .await;
         row(&format!("{n}"), &r, append_rate);
+        figures(&mut json, &format!("list_cases_{n}"), &r);
     }
 
     let audit = vec![AuditClient::new(chans[0].clone())];
@@ -485,6 +533,7 @@ async fn main() {
         ("middle (entry 500)", mid, LONG_EVENTS / 2),
         ("end (entry 1,000)", end, LONG_EVENTS),
     ] {
+        let key = format!("get_case_as_of_{want}");
         let r = drive(&audit, secs, move |mut c, _| async move {
             let reply = c
                 .get_case_as_of(GetCaseAsOfRequest {
@@ -497,6 +546,7 @@ async fn main() {
         })
         .await;
         row(name, &r, append_rate);
+        figures(&mut json, &key, &r);
     }
     println!(
         "\n(vs append: calls/s over AccessLog::append alone, 1 thread, this run: the rate at which reads can be recorded)"
@@ -506,4 +556,5 @@ async fn main() {
         log.access_log().verify().unwrap()
     );
     server.abort();
+    json.print();
 }

@@ -11,6 +11,10 @@
 //!    in time order) through `Client::submit` / `Pending::receipt`, with 1,
 //!    16, 256 and 1,024 events in flight; each event is timed from submit to
 //!    receipt (the node has validated it, written it and flushed it).
+//!    Then half load: EVENTS / 2 events published at a fixed pace of half
+//!    the rate just measured with 1,024 in flight (open loop: each event
+//!    goes out at its scheduled instant whether or not earlier receipts are
+//!    back), each timed from that instant to its receipt.
 //! 3. `Client::publish_all` with the default options (what `lianxi publish`
 //!    does): a simulated city with no bad events, and the demo's city
 //!    (`lianxi simulate --cases 400 --seed 2026`: 2% of cases with one
@@ -21,6 +25,8 @@
 //!    the rest of the time is the bad events' `predecessor_wait` running
 //!    out, with the later events of their cases waiting behind them.
 //!    `ONLY_PUBLISH_ALL=1` runs step 1 and this step only.
+//!
+//! The last line is a `BENCH-JSON` line of the figures for `scripts/bench`.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -129,6 +135,45 @@ async fn lianxi(
     (rate, latencies)
 }
 
+/// `events` published at `rate` per second, open loop: each submitted at
+/// its scheduled instant (`start + i / rate`) and its receipt awaited in a
+/// task of its own, so a slow receipt never delays a later publish. Each is
+/// timed from its scheduled instant to its receipt, so time spent waiting to
+/// go out (behind an earlier event of its case) counts. Returns the rate
+/// achieved until every receipt was back and the sorted latencies.
+async fn paced(url: &str, events: Vec<lianxi_proto::v1::Event>, rate: f64) -> (f64, Vec<Duration>) {
+    let client = Client::connect(
+        url,
+        Options {
+            receipt_timeout: Duration::from_secs(120),
+            ..Options::default()
+        },
+    )
+    .await
+    .expect("connect");
+    let n = events.len();
+    let start = tokio::time::Instant::now();
+    let mut tasks = Vec::with_capacity(n);
+    for (i, event) in events.into_iter().enumerate() {
+        let due = start + Duration::from_secs_f64(i as f64 / rate);
+        tokio::time::sleep_until(due).await;
+        let pending = client.submit(event).await.expect("submit");
+        tasks.push(tokio::spawn(async move {
+            let r = pending.receipt().await;
+            (due.elapsed(), r)
+        }));
+    }
+    let mut latencies = Vec::with_capacity(n);
+    for task in tasks {
+        let (t, r) = task.await.expect("a receipt task panicked");
+        assert!(matches!(r, Ok(ref r) if is_stored(r)), "not stored: {r:?}");
+        latencies.push(t);
+    }
+    let achieved = n as f64 / start.elapsed().as_secs_f64();
+    latencies.sort();
+    (achieved, latencies)
+}
+
 /// `publish_all` over `events` with `options`, through `publish_each` to
 /// see when each result is final: (seconds until the last result, seconds
 /// until the last result of a case outside `waiting`, [accepted,
@@ -169,7 +214,7 @@ async fn publish_all(
 /// A generated workload: each event with what it is meant to be.
 type Generated = Vec<(lianxi_proto::v1::Event, lianxi_sim::Intent)>;
 
-async fn publish_all_rows(url: &str, n: usize, raw: f64) {
+async fn publish_all_rows(url: &str, n: usize, raw: f64, json: &mut lianxi_sim::BenchJson) {
     println!(
         "\n{:<58} {:>7} {:>8} {:>9} {:>7} {:>13} {:>22}",
         "publish_all (Options::default() unless said)",
@@ -196,14 +241,16 @@ async fn publish_all_rows(url: &str, n: usize, raw: f64) {
             ..Workload::default()
         })
     };
-    let rows: Vec<(String, Generated, Options)> = vec![
+    let rows: Vec<(String, &str, Generated, Options)> = vec![
         (
             format!("city, no bad events ({} cases)", (n / 10).max(10)),
+            "publish_all_clean",
             clean,
             Options::default(),
         ),
         (
             "demo city (400 cases, seed 2026), predecessor wait 2 s".into(),
+            "publish_all_demo_wait_2s",
             demo("BENCHW2"),
             Options {
                 predecessor_wait: Duration::from_secs(2),
@@ -212,11 +259,12 @@ async fn publish_all_rows(url: &str, n: usize, raw: f64) {
         ),
         (
             "demo city (400 cases, seed 2026), default wait 60 s".into(),
+            "publish_all_demo_wait_60s",
             demo("BENCHW60"),
             Options::default(),
         ),
     ];
-    for (label, workload, options) in rows {
+    for (label, key, workload, options) in rows {
         let bad = workload
             .iter()
             .filter(|(_, i)| *i == lianxi_sim::Intent::Invalid)
@@ -243,6 +291,9 @@ async fn publish_all_rows(url: &str, n: usize, raw: f64) {
             stored,
             format!("{acc}/{dup}/{rej}/{none} (bad {bad})")
         );
+        json.num(&format!("{key}_per_s"), rate)
+            .num(&format!("{key}_seconds"), secs)
+            .num(&format!("{key}_others_done_seconds"), stored);
     }
 }
 
@@ -270,15 +321,21 @@ async fn main() {
         "\n{:<46} {:>9.0} msgs/s",
         "raw JetStream publish, 1,024 in flight", raw
     );
+    let mut json = lianxi_sim::BenchJson::new();
+    json.int("bus_events", n as u64)
+        .int("bus_stream_replicas", replicas() as u64)
+        .num("raw_jetstream_publish_per_s", raw);
 
     if std::env::var_os("ONLY_PUBLISH_ALL").is_some() {
-        publish_all_rows(&url, n, raw).await;
+        publish_all_rows(&url, n, raw, &mut json).await;
+        json.print();
         return;
     }
 
     // One simulated city, split into one slice per run so no run repeats
     // another's events (each slice holds whole cases).
     let windows = [1usize, 16, 256, 1024];
+    let mut full = 0.0;
     println!(
         "\n{:<14} {:>8} {:>11} {:>9} {:>9} {:>9} {:>8}",
         "in flight", "events", "events/s", "p50 ms", "p99 ms", "max ms", "vs raw"
@@ -295,16 +352,57 @@ async fn main() {
         let events: Vec<_> = workload.into_iter().map(|(e, _)| e).take(count).collect();
         let len = events.len();
         let (rate, lat) = lianxi(&url, events, *window).await;
-        println!(
-            "{:<14} {:>8} {:>11.0} {:>9.2} {:>9.2} {:>9.2} {:>7.2}x",
-            window,
-            len,
-            rate,
-            percentile(&lat, 0.5).as_secs_f64() * 1e3,
-            percentile(&lat, 0.99).as_secs_f64() * 1e3,
-            lat.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
-            rate / raw
-        );
+        latency_row(&window.to_string(), len, rate, &lat, raw);
+        let name = format!("ingest_{window}");
+        json.num(&format!("{name}_per_s"), rate)
+            .num(&format!("{name}_p50_ms"), ms(percentile(&lat, 0.5)))
+            .num(&format!("{name}_p99_ms"), ms(percentile(&lat, 0.99)));
+        if *window == 1 {
+            json.num("lone_event_p50_ms", ms(percentile(&lat, 0.5)));
+        }
+        if *window == 1024 {
+            full = rate;
+            json.num("ingest_e2e_per_s", rate);
+        }
     }
-    publish_all_rows(&url, n, raw).await;
+    // Half load: half the rate with 1,024 in flight, paced.
+    let target = (full / 2.0).max(1.0);
+    let count = (n / 2).max(1);
+    let workload = lianxi_sim::generate(&Workload {
+        seed: 1000 + windows.len() as u64,
+        cases: (count / 10).max(10),
+        prefix: "BENCHHALF".into(),
+        ..Workload::default()
+    });
+    let events: Vec<_> = workload.into_iter().map(|(e, _)| e).take(count).collect();
+    let len = events.len();
+    let (rate, lat) = paced(&url, events, target).await;
+    latency_row("1/2 paced", len, rate, &lat, raw);
+    println!(
+        "(1/2 paced: submitted at {target:.0} events/s, half the rate with 1,024 in flight, open loop; each timed from its scheduled instant)"
+    );
+    json.num("ingest_half_load_target_per_s", target)
+        .num("ingest_half_load_per_s", rate)
+        .num("ingest_e2e_p50_ms_half_load", ms(percentile(&lat, 0.5)))
+        .num("ingest_e2e_p99_ms_half_load", ms(percentile(&lat, 0.99)));
+    publish_all_rows(&url, n, raw, &mut json).await;
+    json.print();
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// One row of the in-flight table.
+fn latency_row(label: &str, events: usize, rate: f64, lat: &[Duration], raw: f64) {
+    println!(
+        "{:<14} {:>8} {:>11.0} {:>9.2} {:>9.2} {:>9.2} {:>7.2}x",
+        label,
+        events,
+        rate,
+        ms(percentile(lat, 0.5)),
+        ms(percentile(lat, 0.99)),
+        ms(lat.last().copied().unwrap_or_default()),
+        rate / raw
+    );
 }

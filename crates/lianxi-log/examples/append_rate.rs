@@ -12,16 +12,24 @@
 //! is generated just before it is appended, so memory stays small.
 //!
 //! Prints the rate of every window of 100,000 messages, the rate over the
-//! first 100,000 and over the last window, the bytes on disk per entry and
-//! the machine; with `--json`, a last line of JSON with those figures.
+//! first 100,000 and over the last window, then, at the full size, the time
+//! to generate an inclusion proof of a random entry (10,000 calls, each
+//! alone), the bytes on disk per entry, the process's peak resident memory
+//! (`VmHWM`: the build, the proofs, sled's default 16 MiB cache) and the
+//! machine; last, a `BENCH-JSON` line of those figures for `scripts/bench`,
+//! the size-dependent keys named by `entries` (`append_at_10m_per_s` for
+//! 10,000,000).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use lianxi_log::{GroupKeys, Incoming, Log, Prepared};
 use prost::Message;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
 const WINDOW: u64 = 100_000;
 const CITY_CASES: usize = 2_000;
+const PROOFS: usize = 10_000;
 
 fn city(n: u64, stream_sequence: &mut u64) -> Vec<Incoming> {
     let w = lianxi_sim::Workload {
@@ -64,9 +72,21 @@ fn dir_bytes(path: &std::path::Path) -> u64 {
     total
 }
 
+/// This process's peak resident memory in MiB (`VmHWM` in
+/// /proc/self/status; Linux only, NaN elsewhere).
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+            let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib / 1024.0)
+        })
+        .unwrap_or(f64::NAN)
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let json = args.iter().any(|a| a == "--json");
     let mut nums = args.iter().filter_map(|a| a.parse::<u64>().ok());
     let n = nums.next().unwrap_or(1_000_000);
     let group = nums.next().unwrap_or(512) as usize;
@@ -113,6 +133,22 @@ fn main() {
         }
     }
     let entries = log.checkpoint().global_sequence;
+    let size = log.tree_size();
+    assert!(size > 0, "no entry was appended");
+    let mut rng = StdRng::seed_from_u64(1);
+    let leaves: Vec<u64> = (0..PROOFS).map(|_| rng.random_range(0..size)).collect();
+    let mut each: Vec<Duration> = leaves
+        .iter()
+        .map(|&leaf| {
+            let t = Instant::now();
+            std::hint::black_box(log.inclusion_proof(leaf, size).expect("a proof"));
+            t.elapsed()
+        })
+        .collect();
+    each.sort();
+    let us = |q: f64| each[((each.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e6;
+    let (proof_p50, proof_p99) = (us(0.50), us(0.99));
+    let rss = peak_rss_mib();
     drop(log);
     let bytes = dir_bytes(dir.path());
     let per_event = bytes as f64 / entries.max(1) as f64;
@@ -122,11 +158,23 @@ fn main() {
         n as f64 / busy.as_secs_f64(),
         last / first
     );
+    println!(
+        "inclusion_proof of a random entry at the full size ({size}), {PROOFS} calls: p50 {proof_p50:.1} us, p99 {proof_p99:.1} us"
+    );
     println!("disk: {bytes} bytes, {per_event:.0} bytes per entry");
-    if json {
-        println!(
-            "{{\"append_group_per_s\": {:.0}, \"append_at_100k_per_s\": {first:.0}, \"append_last_window_per_s\": {last:.0}, \"append_entries\": {entries}, \"disk_bytes_per_event\": {per_event:.0}}}",
-            n as f64 / busy.as_secs_f64()
-        );
+    println!("peak resident memory of this process: {rss:.1} MiB");
+    let tag = lianxi_sim::size_tag(n);
+    let mut json = lianxi_sim::BenchJson::new();
+    json.int("append_messages", n)
+        .int("append_log_entries", entries)
+        .num("append_all_per_s", n as f64 / busy.as_secs_f64());
+    if n >= WINDOW {
+        json.num("append_at_100k_per_s", first);
     }
+    json.num(&format!("append_at_{tag}_per_s"), last)
+        .num(&format!("inclusion_proof_{tag}_us"), proof_p50)
+        .num(&format!("inclusion_proof_{tag}_p99_us"), proof_p99)
+        .num("disk_bytes_per_event", per_event)
+        .num(&format!("node_rss_mb_{tag}"), rss);
+    json.print();
 }

@@ -14,12 +14,15 @@
 //! 3. `Log::consistency_proof` for random (old, new), and
 //!    `verify_consistency` of those proofs, separately,
 //! 4. one full `Log::verify` pass over every entry,
+//! 5. one full `Log::rebuild` (every view, index and tile recreated from
+//!    the entries), then `Log::verify` again,
 //!
 //! next to raw parts in the same run: `Log::entry` (sled get + decode), a
 //! raw sled point get of an entry key (the log closed and its directory
 //! reopened with sled alone; both gets timed on a second pass over the same
 //! random keys, so from sled's cache), and SHA-256 of 33 bytes (one leaf hash).
-//! Prints rates, latencies, proof lengths and the machine.
+//! Prints rates, latencies, proof lengths and the machine, then a
+//! `BENCH-JSON` line of the main figures for `scripts/bench`.
 
 use std::time::{Duration, Instant};
 
@@ -230,6 +233,17 @@ fn main() {
     assert_eq!(report.entries, n);
     assert_eq!(report.root, log.root(n).unwrap());
 
+    // Every derived record recreated from the entries, then checked again.
+    let start = Instant::now();
+    let rebuilt = log.rebuild().unwrap();
+    let rebuild = start.elapsed();
+    assert_eq!(rebuilt.entries, n);
+    assert_eq!(
+        log.verify().unwrap(),
+        report,
+        "the rebuilt log must verify alike"
+    );
+
     // Raw sled point get of an entry key: the same directory, sled alone.
     drop(log);
     let db = sled::open(dir.path()).unwrap();
@@ -280,4 +294,21 @@ fn main() {
         n as f64 / verify.as_secs_f64(),
         verify.as_secs_f64() * 1e6 / n as f64
     );
+    println!(
+        "full Log::rebuild: {} entries, {} cases in {:.1} s, {:.0} entries/s (then verified again)",
+        rebuilt.entries,
+        rebuilt.cases,
+        rebuild.as_secs_f64(),
+        n as f64 / rebuild.as_secs_f64()
+    );
+    let mut json = lianxi_sim::BenchJson::new();
+    json.int("proofs_entries", n)
+        .num("proofs_build_per_s", n as f64 / build.as_secs_f64())
+        .num("proofs_inclusion_p50_us", incl.p50)
+        .num("proofs_verify_inclusion_p50_us", incl_verify.p50)
+        .num("proofs_consistency_p50_us", cons.p50)
+        .num("proofs_sled_get_per_s", raw_get.per_s)
+        .num("verify_per_s", n as f64 / verify.as_secs_f64())
+        .num("rebuild_per_s", n as f64 / rebuild.as_secs_f64());
+    json.print();
 }

@@ -9,7 +9,8 @@
 //! 3. one atomic batch into one tree per group of 100 and 512 events,
 //! 4. `Log::append_group` itself on realistic events,
 //!
-//! each with one flush per commit. Prints events per second and the machine.
+//! each with one flush per commit. Prints events per second and the machine,
+//! then a `BENCH-JSON` line of those figures for `scripts/bench`.
 
 use std::time::Instant;
 
@@ -176,31 +177,34 @@ fn main() {
         tx,
     );
     println!("with a flush per commit (what the node does: durable before done):");
+    let mut json = lianxi_sim::BenchJson::new();
+    json.int("write_paths_events", n);
     let txf = multi_tree_per_event(small, true);
     row("  4-tree transaction per event", txf, txf);
+    json.num("sled_tx_per_event_flush_per_s", txf);
     row(
         "  1-tree batch per event",
         one_tree_batches(small, 1, true),
         txf,
     );
     for g in [100, 512] {
-        row(
-            &format!("  1-tree batch per {g} events"),
-            one_tree_batches(n, g, true),
-            txf,
-        );
+        let rate = one_tree_batches(n, g, true);
+        row(&format!("  1-tree batch per {g} events"), rate, txf);
+        json.num(&format!("sled_batch_{g}_flush_per_s"), rate);
     }
     println!("the node's real path (decode, validate, hash, view, batch, flush):");
-    row(
-        "  Log::append_group, groups of 1",
-        append_group(small, 1),
-        txf,
-    );
+    let rate = append_group(small, 1);
+    row("  Log::append_group, groups of 1", rate, txf);
+    json.num("append_group_1_per_s", rate);
     for g in [100, 512] {
-        row(
-            &format!("  Log::append_group, groups of {g}"),
-            append_group(n, g),
-            txf,
-        );
+        let rate = append_group(n, g);
+        row(&format!("  Log::append_group, groups of {g}"), rate, txf);
+        let key = if g == 512 {
+            "append_group_per_s".to_owned()
+        } else {
+            format!("append_group_{g}_per_s")
+        };
+        json.num(&key, rate);
     }
+    json.print();
 }

@@ -18,6 +18,9 @@ use lianxi_proto::v1::{self as pb, Agency, Event, event::Body};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+mod bench;
+pub use bench::{BenchJson, size_tag};
+
 /// The machine a benchmark ran on, for its printout: CPU model, cores, OS
 /// and architecture.
 pub fn machine() -> String {
