@@ -10,7 +10,8 @@ use lianxi_proto::Timestamp;
 use lianxi_proto::v1::{self as pb, Agency, GetCaseRequest, GetTimelineRequest, event::Body};
 use prost::Message;
 use support::{
-    Nats, Node, case_after, event_at as event, lianxi, opened_by as opened, publish, subject,
+    Nats, Node, ReceiptSub, case_after, event_at as event, lianxi, opened_by as opened, publish,
+    subject,
 };
 
 fn at(seconds: i64) -> Option<Timestamp> {
@@ -1070,34 +1071,19 @@ async fn two_nodes_reading_one_stream_hold_the_same_root_and_compare_equal() {
     assert!(lianxi_log::open_checkpoint(&ka.note, &kb.verifier_key).is_err());
 }
 
-/// Subscribes to one agency's receipts (core NATS: the receipts are also
+/// Subscribes to one agency's receipts (core NATS: the batches are also
 /// published there as JetStream stores them).
-async fn receipts_of(nats: &Nats, agency: &str) -> async_nats::Subscriber {
+async fn receipts_of(nats: &Nats, agency: &str) -> ReceiptSub {
     let client = async_nats::connect(nats.url()).await.expect("connect");
-    let sub = client
-        .subscribe(format!("lianxi.v1.receipts.{agency}"))
-        .await
-        .expect("subscribe to receipts");
-    client.flush().await.expect("flush");
+    let sub = ReceiptSub::new(&client, &format!("lianxi.v1.receipts.{agency}")).await;
     // Keep the connection alive with the subscriber.
     std::mem::forget(client);
     sub
 }
 
-/// The next receipt on `sub` for the message at `stream_sequence`.
-async fn receipt_for(sub: &mut async_nats::Subscriber, stream_sequence: u64) -> pb::Receipt {
-    use tokio_stream::StreamExt;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let msg = tokio::time::timeout_at(deadline, sub.next())
-            .await
-            .unwrap_or_else(|_| panic!("no receipt for stream sequence {stream_sequence}"))
-            .expect("receipts subscription open");
-        let r = pb::Receipt::decode(msg.payload.as_ref()).expect("a receipt");
-        if r.stream_sequence == stream_sequence {
-            return r;
-        }
-    }
+/// The receipt for the message at `stream_sequence`, from `sub`.
+async fn receipt_for(sub: &mut ReceiptSub, stream_sequence: u64) -> pb::Receipt {
+    sub.receipt(stream_sequence).await
 }
 
 async fn lookup(nats: &Nats, agency: &str, event_id: &str) -> pb::LookupReply {
@@ -1252,7 +1238,7 @@ async fn messages_on_malformed_subjects_are_receipted_to_the_agency_of_their_tok
     assert!(!out.contains('\u{7}'), "{out:?}");
     // Nothing went to `unknown`.
     use tokio_stream::StreamExt;
-    let stray = tokio::time::timeout(Duration::from_millis(300), unknown.next()).await;
+    let stray = tokio::time::timeout(Duration::from_millis(300), unknown.sub.next()).await;
     assert!(
         stray.is_err(),
         "a receipt went to lianxi.v1.receipts.unknown"

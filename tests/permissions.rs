@@ -19,7 +19,7 @@ use async_nats::jetstream::message::PublishMessage as Publish;
 use async_nats::{Client, ConnectErrorKind, ConnectOptions, Event, ServerError};
 use lianxi_proto::v1::{self as pb, Agency, GetCaseRequest, event::Body};
 use prost::Message;
-use support::{Nats, Node, case_after, event_at as event};
+use support::{Nats, Node, batch_receipts, case_after, event_at as event};
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 use tokio::time::Instant;
 use tokio_stream::StreamExt;
@@ -469,13 +469,17 @@ async fn an_agency_reads_only_its_own_receipts_and_replies() {
         .await
         .expect("the court receipt within 30 s")
         .expect("a message");
-    let court_receipt = pb::Receipt::decode(court_receipt.payload.as_ref()).expect("a receipt");
+    let court_batch = batch_receipts(court_receipt.payload.as_ref());
+    assert_eq!(court_batch.len(), 1, "{court_batch:?}");
+    let court_receipt = &court_batch[0];
     assert_eq!(court_receipt.stream_sequence, court_seq);
     let own = tokio::time::timeout(Duration::from_secs(30), own_receipts.next())
         .await
         .expect("the police receipt within 30 s")
         .expect("a message");
-    let receipt = pb::Receipt::decode(own.payload.as_ref()).expect("a receipt");
+    let own_batch = batch_receipts(own.payload.as_ref());
+    assert_eq!(own_batch.len(), 1, "{own_batch:?}");
+    let receipt = &own_batch[0];
     assert_eq!(receipt.event_id, "r-police");
     assert_eq!(receipt.stream_sequence, police_seq);
     assert_eq!(

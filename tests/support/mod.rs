@@ -423,3 +423,107 @@ pub fn wf_progress(id: &str, case: &str, t: i64) -> Event {
         }),
     )
 }
+
+/// The receipts in one message on a receipts subject (a `ReceiptBatch`).
+pub fn batch_receipts(payload: &[u8]) -> Vec<lianxi_proto::v1::Receipt> {
+    lianxi_proto::v1::ReceiptBatch::decode(payload)
+        .expect("a ReceiptBatch on the receipts subject")
+        .receipts
+}
+
+/// A core NATS subscription to receipts subjects, split into receipts and
+/// kept by stream sequence, so a receipt that came in the same batch as an
+/// earlier one is still there when asked for.
+pub struct ReceiptSub {
+    pub sub: async_nats::Subscriber,
+    pub by_seq: std::collections::HashMap<u64, lianxi_proto::v1::Receipt>,
+    /// Every receipt received, copies included, in arrival order.
+    pub all: Vec<lianxi_proto::v1::Receipt>,
+    /// How many batch messages arrived.
+    pub messages: usize,
+}
+
+impl ReceiptSub {
+    pub async fn new(client: &async_nats::Client, subject: &str) -> ReceiptSub {
+        let sub = client
+            .subscribe(subject.to_owned())
+            .await
+            .expect("subscribe to receipts");
+        client.flush().await.expect("flush");
+        ReceiptSub {
+            sub,
+            by_seq: Default::default(),
+            all: Vec::new(),
+            messages: 0,
+        }
+    }
+
+    /// Takes in the next batch message, if one comes before `deadline`.
+    pub async fn next_batch(
+        &mut self,
+        deadline: tokio::time::Instant,
+    ) -> Option<Vec<lianxi_proto::v1::Receipt>> {
+        use tokio_stream::StreamExt;
+        let msg = tokio::time::timeout_at(deadline, self.sub.next())
+            .await
+            .ok()??;
+        let receipts = batch_receipts(msg.payload.as_ref());
+        self.messages += 1;
+        for r in &receipts {
+            self.all.push(r.clone());
+            self.by_seq.entry(r.stream_sequence).or_insert(r.clone());
+        }
+        Some(receipts)
+    }
+
+    /// The receipt for the message at `stream_sequence` (waiting up to 20 s).
+    pub async fn receipt(&mut self, stream_sequence: u64) -> lianxi_proto::v1::Receipt {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while !self.by_seq.contains_key(&stream_sequence) {
+            self.next_batch(deadline)
+                .await
+                .unwrap_or_else(|| panic!("no receipt for stream sequence {stream_sequence}"));
+        }
+        self.by_seq[&stream_sequence].clone()
+    }
+}
+
+/// Every receipt held in the stream LIANXI_RECEIPTS, copies included, in
+/// the stream's order, with the number of batch messages.
+pub async fn receipts_in_stream(
+    js: &async_nats::jetstream::Context,
+) -> (Vec<lianxi_proto::v1::Receipt>, u64) {
+    use async_nats::jetstream::consumer::pull::OrderedConfig;
+    use tokio_stream::StreamExt;
+    let mut stream = js.get_stream("LIANXI_RECEIPTS").await.expect("stream");
+    let messages = stream.info().await.expect("stream info").state.messages;
+    let mut out = Vec::new();
+    if messages == 0 {
+        return (out, 0);
+    }
+    let consumer = stream
+        .create_consumer(OrderedConfig::default())
+        .await
+        .expect("an ordered consumer on LIANXI_RECEIPTS");
+    let mut msgs = consumer.messages().await.expect("messages");
+    for _ in 0..messages {
+        let m = tokio::time::timeout(Duration::from_secs(10), msgs.next())
+            .await
+            .expect("the receipts stream's messages")
+            .expect("open")
+            .expect("a message");
+        out.extend(batch_receipts(m.payload.as_ref()));
+    }
+    (out, messages)
+}
+
+/// How many distinct messages (by stream sequence) the receipts stream
+/// holds a receipt for.
+pub async fn receipted_messages(js: &async_nats::jetstream::Context) -> u64 {
+    let (receipts, _) = receipts_in_stream(js).await;
+    receipts
+        .iter()
+        .map(|r| r.stream_sequence)
+        .collect::<std::collections::HashSet<_>>()
+        .len() as u64
+}
