@@ -66,6 +66,8 @@ pub const BATCH_MAX_BYTES: usize = 256 * 1024;
 /// middle of a long catch-up, the stretch is cut the same way again, so
 /// JetStream drops what it already has).
 const CATCH_UP_STRETCH: u64 = 4096;
+/// How often the receipts task looks for a checkpoint no report announced.
+const IDLE_CHECK: Duration = Duration::from_secs(5);
 
 /// The subject a receipt goes out on: the agency of the subject the message
 /// arrived on (its agency token, even when the rest of the subject is
@@ -162,27 +164,34 @@ pub async fn run_receipts(
 ) -> Result<()> {
     let sender = Sender {
         js,
-        log,
+        log: log.clone(),
         durability,
     };
     let mut backoff = Duration::from_millis(100);
-    // At start nothing is in memory: whatever was not acknowledged before
-    // is read from the log.
-    let mut fresh = None;
+    // What to send next: `Some(None)` from the log (at start nothing is in
+    // memory: whatever was not acknowledged before is read back),
+    // `Some(Some(report))` a group's receipts, `None` nothing.
+    let mut next: Option<Option<Fresh>> = Some(None);
+    let mut idle = tokio::time::interval(IDLE_CHECK);
+    idle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut still: Option<u64> = None;
     loop {
-        match sender.send(fresh.take()).await {
-            Ok(()) => backoff = Duration::from_millis(100),
-            Err(Error::Log(e)) if !e.is_storage_failure() => return Err(Error::Log(e)),
-            Err(e) => {
-                // The next try reads from the log, from the last
-                // acknowledged receipt.
-                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "sending receipts failed; will resend from the last acknowledged one");
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = shutdown.changed() => return Ok(()),
+        if let Some(fresh) = next.take() {
+            match sender.send(fresh).await {
+                Ok(()) => backoff = Duration::from_millis(100),
+                Err(Error::Log(e)) if !e.is_storage_failure() => return Err(Error::Log(e)),
+                Err(e) => {
+                    // The next try reads from the log, from the last
+                    // acknowledged receipt.
+                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "sending receipts failed; will resend from the last acknowledged one");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.changed() => return Ok(()),
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    next = Some(None);
+                    continue;
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-                continue;
             }
         }
         if *shutdown.borrow() {
@@ -193,11 +202,24 @@ pub async fn run_receipts(
                 if r.is_err() {
                     return Ok(());
                 }
-                fresh = latest(&mut applied);
+                next = Some(latest(&mut applied));
+            }
+            _ = idle.tick() => {
+                // Every group's report follows its flush, so the log is
+                // ahead of the reports only for a moment. A checkpoint that
+                // stood still since the last look with receipts unsent had
+                // no report (a store reopened after a failure read it from
+                // disk): from the log.
+                let cp = log.checkpoint().stream_sequence;
+                if still == Some(cp) && log.receipts_sent().is_ok_and(|sent| sent < cp) {
+                    next = Some(None);
+                }
+                still = Some(cp);
             }
             _ = shutdown.changed() => {
                 // Send what the last groups produced before stopping.
                 let _ = sender.send(latest(&mut applied)).await;
+                let _ = sender.send(None).await;
                 return Ok(());
             }
         }
@@ -226,16 +248,19 @@ struct Sender {
 }
 
 impl Sender {
-    /// Sends every receipt after the last one the bus acknowledged: up to
-    /// the end of `fresh` when it reaches past it (its receipts from
-    /// memory, anything before them from the log), else up to the log's
-    /// checkpoint, from the log. Records the new mark only once the bus has
-    /// acknowledged every batch up to it.
+    /// Sends every receipt after the last one the bus acknowledged: with
+    /// `fresh`, up to its end (its receipts from memory, anything before
+    /// them from the log; nothing when it ends before the mark); without,
+    /// up to the log's checkpoint, from the log. Records the new mark only
+    /// once the bus has acknowledged every batch up to it.
     async fn send(&self, fresh: Option<Fresh>) -> Result<()> {
         let sent = self.log.receipts_sent()?;
         let (cp, memory) = match fresh {
-            Some(f) if f.checkpoint.stream_sequence > sent => (f.checkpoint, f.receipts),
-            _ => (self.log.checkpoint(), Vec::new()),
+            // Sent already: the log may be further on, but its reports are
+            // on their way, and their receipts are in memory.
+            Some(f) if f.checkpoint.stream_sequence <= sent => return Ok(()),
+            Some(f) => (f.checkpoint, f.receipts),
+            None => (self.log.checkpoint(), Vec::new()),
         };
         let upto = cp.stream_sequence;
         if upto <= sent {
