@@ -87,6 +87,16 @@ impl Node {
     /// NATS and keeps retrying), instead of waiting forever. The node is
     /// killed then; what it printed went to the test's stderr.
     pub fn start_within(nats_url: &str, data_dir: &Path, within: Duration) -> Result<Node, String> {
+        Self::start_within_env(nats_url, data_dir, within, &[])
+    }
+
+    /// [`Node::start_within`] with more `LIANXI_*` settings.
+    pub fn start_within_env(
+        nats_url: &str,
+        data_dir: &Path,
+        within: Duration,
+        envs: &[(&str, &str)],
+    ) -> Result<Node, String> {
         let mut child = Command::new(LIANXI)
             .arg("serve")
             .env("LIANXI_NATS_URL", nats_url)
@@ -94,6 +104,7 @@ impl Node {
             .env("LIANXI_GRPC_ADDR", "127.0.0.1:0")
             .env("LIANXI_KEK_FILE", test_kek_file())
             .env("LIANXI_LOG", "warn")
+            .envs(envs.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -488,33 +499,48 @@ impl ReceiptSub {
     }
 }
 
+/// One message of the stream LIANXI_RECEIPTS.
+#[derive(Debug, Clone)]
+pub struct StoredBatch {
+    pub subject: String,
+    /// Its `Nats-Msg-Id`.
+    pub message_id: String,
+    pub receipts: Vec<lianxi_proto::v1::Receipt>,
+}
+
+/// Every message of the stream LIANXI_RECEIPTS, in order.
+pub async fn receipt_batches_in_stream(js: &async_nats::jetstream::Context) -> Vec<StoredBatch> {
+    let mut stream = js.get_stream("LIANXI_RECEIPTS").await.expect("stream");
+    let state = stream.info().await.expect("stream info").state.clone();
+    let mut out = Vec::new();
+    if state.messages == 0 {
+        return out;
+    }
+    for seq in state.first_sequence..=state.last_sequence {
+        let Ok(m) = stream.get_raw_message(seq).await else {
+            continue; // deleted
+        };
+        out.push(StoredBatch {
+            subject: m.subject.to_string(),
+            message_id: m
+                .headers
+                .get("Nats-Msg-Id")
+                .map(|v| v.as_str().to_owned())
+                .unwrap_or_default(),
+            receipts: batch_receipts(m.payload.as_ref()),
+        });
+    }
+    out
+}
+
 /// Every receipt held in the stream LIANXI_RECEIPTS, copies included, in
 /// the stream's order, with the number of batch messages.
 pub async fn receipts_in_stream(
     js: &async_nats::jetstream::Context,
 ) -> (Vec<lianxi_proto::v1::Receipt>, u64) {
-    use async_nats::jetstream::consumer::pull::OrderedConfig;
-    use tokio_stream::StreamExt;
-    let mut stream = js.get_stream("LIANXI_RECEIPTS").await.expect("stream");
-    let messages = stream.info().await.expect("stream info").state.messages;
-    let mut out = Vec::new();
-    if messages == 0 {
-        return (out, 0);
-    }
-    let consumer = stream
-        .create_consumer(OrderedConfig::default())
-        .await
-        .expect("an ordered consumer on LIANXI_RECEIPTS");
-    let mut msgs = consumer.messages().await.expect("messages");
-    for _ in 0..messages {
-        let m = tokio::time::timeout(Duration::from_secs(10), msgs.next())
-            .await
-            .expect("the receipts stream's messages")
-            .expect("open")
-            .expect("a message");
-        out.extend(batch_receipts(m.payload.as_ref()));
-    }
-    (out, messages)
+    let batches = receipt_batches_in_stream(js).await;
+    let n = batches.len() as u64;
+    (batches.into_iter().flat_map(|b| b.receipts).collect(), n)
 }
 
 /// How many distinct messages (by stream sequence) the receipts stream

@@ -1177,3 +1177,43 @@ pub fn redact(url: &str) -> String {
         _ => url.to_owned(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seen_drops_copies_and_forgets_the_oldest() {
+        let mut seen = Seen::new(3);
+        assert!(seen.insert(10));
+        assert!(!seen.insert(10));
+        assert!(seen.insert(11) && seen.insert(12));
+        assert!(seen.contains(10));
+        assert!(seen.insert(13));
+        assert!(!seen.contains(10), "the oldest is forgotten beyond the cap");
+        assert!(seen.contains(11) && seen.contains(13));
+        assert_eq!(seen.set.len(), 3);
+    }
+
+    #[test]
+    fn a_batch_splits_and_other_bytes_are_an_error() {
+        let receipts: Vec<Receipt> = (1..=3)
+            .map(|s| Receipt {
+                status: ReceiptStatus::Accepted as i32,
+                stream_sequence: s,
+                event_id: format!("e{s}"),
+                ..Receipt::default()
+            })
+            .collect();
+        let bytes = ReceiptBatch {
+            receipts: receipts.clone(),
+        }
+        .encode_to_vec();
+        assert_eq!(decode_receipts(&bytes).unwrap(), receipts);
+        assert_eq!(decode_receipts(&[]).unwrap(), Vec::new());
+        assert!(decode_receipts(b"\xff\xff not protobuf").is_err());
+        // A bare receipt (what nodes sent before batches; its status is
+        // field 1, a number where a batch has a message) is not a batch.
+        assert!(decode_receipts(&receipts[0].encode_to_vec()).is_err());
+    }
+}
