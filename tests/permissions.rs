@@ -1053,7 +1053,7 @@ async fn in_a_group_of_several_agencies_each_agency_gets_only_its_own_batch() {
                     format!("lianxi.v1.events.{token}.{case}"),
                     Publish::build()
                         .payload(e.encode_to_vec().into())
-                        .message_id(id.to_owned()),
+                        .message_id(id),
                 )
                 .await
                 .expect("sent"),
