@@ -1116,5 +1116,20 @@ async fn in_a_group_of_several_agencies_each_agency_gets_only_its_own_batch() {
         assert!(missed.iter().all(|m| m.receipt.agency == a as i32));
         // Both receipts are in one message of the stream.
         assert_eq!(missed[0].stream_sequence, missed[1].stream_sequence);
+        // Acknowledged one by one: the first tells the bus the batch is in
+        // hand, the last acknowledges it; both within the agency's rights.
+        for m in &missed {
+            m.ack().await.expect("acknowledged on its own consumer");
+        }
+        let info = observer
+            .js
+            .get_stream("LIANXI_RECEIPTS")
+            .await
+            .unwrap()
+            .consumer_info(user)
+            .await
+            .unwrap()
+            .clone();
+        assert_eq!((info.num_pending, info.num_ack_pending), (0, 0), "{user}");
     }
 }
