@@ -14,7 +14,9 @@ use lianxi_proto::v1::audit_client::AuditClient;
 use lianxi_proto::v1::{Event, GetCaseRequest, GetTreeHeadRequest};
 use prost::Message;
 use rand::{Rng, SeedableRng};
-use support::{LIANXI, Nats, Node, Tmpfs, case_after, eventually, health, lianxi, rss_kib};
+use support::{
+    LIANXI, Nats, Node, Tmpfs, case_after, eventually, health, lianxi, receipted_messages, rss_kib,
+};
 use tonic_health::pb::health_check_response::ServingStatus;
 
 const CASES: &str = "lianxi.v1.Cases";
@@ -60,17 +62,6 @@ async fn tree_head(addr: &str) -> Option<(u64, Vec<u8>)> {
         .ok()?
         .into_inner();
     Some((h.tree_size, h.root_hash))
-}
-
-async fn stream_messages(js: &async_nats::jetstream::Context, name: &str) -> u64 {
-    js.get_stream(name)
-        .await
-        .expect("stream")
-        .info()
-        .await
-        .expect("stream info")
-        .state
-        .messages
 }
 
 /// A second node on an ordinary disk reads the same stream: the reference
@@ -156,10 +147,10 @@ async fn a_full_disk_during_ingest_loses_nothing_and_the_node_resumes_when_space
     case_after(&mut client, &after[after.len() - 1].case_id, last).await;
     let head = tree_head(&node.grpc_addr).await.expect("tree head");
     let receipted = eventually(Duration::from_secs(30), || async {
-        stream_messages(&js, "LIANXI_RECEIPTS").await == last
+        receipted_messages(&js).await == last
     })
     .await;
-    let receipts = stream_messages(&js, "LIANXI_RECEIPTS").await;
+    let receipts = receipted_messages(&js).await;
     let reference = reference_head(&nats, last, &after[after.len() - 1].case_id).await;
     lianxi_testkit::fault_test(format!(
         "FAULT-TEST {name}: filled a {}-byte tmpfs during ingest; health NOT_SERVING, reads UNAVAILABLE \"disk is full\"; freed it; {} events published, {} entries, {} receipts, lost: {}, duplicated: {}, roots equal: {}",
@@ -370,7 +361,7 @@ async fn filled_data_dir(nats: &Nats, seed: u64, cases: usize) -> (tempfile::Tem
     let mut client = node.client().await;
     case_after(&mut client, &events[events.len() - 1].case_id, last).await;
     let _ = eventually(Duration::from_secs(30), || async {
-        stream_messages(&js, "LIANXI_RECEIPTS").await == last
+        receipted_messages(&js).await == last
     })
     .await;
     node.stop();
@@ -466,7 +457,7 @@ async fn a_lost_tail_is_noticed_at_start_and_read_again_before_the_node_serves()
     let mut client = node.client().await;
     case_after(&mut client, &events[events.len() - 1].case_id, last).await;
     let receipted = eventually(Duration::from_secs(30), || async {
-        stream_messages(&js, "LIANXI_RECEIPTS").await == last
+        receipted_messages(&js).await == last
     })
     .await;
     assert!(receipted);

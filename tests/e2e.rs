@@ -4,13 +4,15 @@
 
 mod support;
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use lianxi_proto::Timestamp;
 use lianxi_proto::v1::{self as pb, Agency, GetCaseRequest, GetTimelineRequest, event::Body};
 use prost::Message;
 use support::{
-    Nats, Node, case_after, event_at as event, lianxi, opened_by as opened, publish, subject,
+    Nats, Node, ReceiptSub, case_after, event_at as event, lianxi, opened_by as opened, publish,
+    subject,
 };
 
 fn at(seconds: i64) -> Option<Timestamp> {
@@ -1070,34 +1072,19 @@ async fn two_nodes_reading_one_stream_hold_the_same_root_and_compare_equal() {
     assert!(lianxi_log::open_checkpoint(&ka.note, &kb.verifier_key).is_err());
 }
 
-/// Subscribes to one agency's receipts (core NATS: the receipts are also
+/// Subscribes to one agency's receipts (core NATS: the batches are also
 /// published there as JetStream stores them).
-async fn receipts_of(nats: &Nats, agency: &str) -> async_nats::Subscriber {
+async fn receipts_of(nats: &Nats, agency: &str) -> ReceiptSub {
     let client = async_nats::connect(nats.url()).await.expect("connect");
-    let sub = client
-        .subscribe(format!("lianxi.v1.receipts.{agency}"))
-        .await
-        .expect("subscribe to receipts");
-    client.flush().await.expect("flush");
+    let sub = ReceiptSub::new(&client, &format!("lianxi.v1.receipts.{agency}")).await;
     // Keep the connection alive with the subscriber.
     std::mem::forget(client);
     sub
 }
 
-/// The next receipt on `sub` for the message at `stream_sequence`.
-async fn receipt_for(sub: &mut async_nats::Subscriber, stream_sequence: u64) -> pb::Receipt {
-    use tokio_stream::StreamExt;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let msg = tokio::time::timeout_at(deadline, sub.next())
-            .await
-            .unwrap_or_else(|_| panic!("no receipt for stream sequence {stream_sequence}"))
-            .expect("receipts subscription open");
-        let r = pb::Receipt::decode(msg.payload.as_ref()).expect("a receipt");
-        if r.stream_sequence == stream_sequence {
-            return r;
-        }
-    }
+/// The receipt for the message at `stream_sequence`, from `sub`.
+async fn receipt_for(sub: &mut ReceiptSub, stream_sequence: u64) -> pb::Receipt {
+    sub.receipt(stream_sequence).await
 }
 
 async fn lookup(nats: &Nats, agency: &str, event_id: &str) -> pb::LookupReply {
@@ -1252,7 +1239,7 @@ async fn messages_on_malformed_subjects_are_receipted_to_the_agency_of_their_tok
     assert!(!out.contains('\u{7}'), "{out:?}");
     // Nothing went to `unknown`.
     use tokio_stream::StreamExt;
-    let stray = tokio::time::timeout(Duration::from_millis(300), unknown.next()).await;
+    let stray = tokio::time::timeout(Duration::from_millis(300), unknown.sub.next()).await;
     assert!(
         stray.is_err(),
         "a receipt went to lianxi.v1.receipts.unknown"
@@ -1263,4 +1250,314 @@ async fn messages_on_malformed_subjects_are_receipted_to_the_agency_of_their_tok
         published.len(),
         published.len()
     ));
+}
+
+fn token_of(r: &pb::Receipt) -> &'static str {
+    match Agency::try_from(r.agency).unwrap_or(Agency::Unspecified) {
+        Agency::Police => "police",
+        Agency::Court => "court",
+        Agency::Labour => "labour",
+        Agency::WomensFederation => "womens_federation",
+        Agency::CivilAffairs => "civil_affairs",
+        Agency::JusticeBureau => "justice_bureau",
+        Agency::PoliticalLegalCommittee => "political_legal_committee",
+        Agency::Unspecified => "unknown",
+    }
+}
+
+/// Each stored batch holds one agency's receipts, on its subject, in
+/// stream order, under `receipts-<agency>-<first>-<last>`.
+fn assert_batches_well_formed(batches: &[support::StoredBatch]) {
+    for b in batches {
+        assert!(!b.receipts.is_empty(), "an empty batch: {b:?}");
+        let agency = token_of(&b.receipts[0]);
+        assert_eq!(b.subject, format!("lianxi.v1.receipts.{agency}"));
+        assert!(
+            b.receipts.iter().all(|r| token_of(r) == agency),
+            "another agency's receipt in {b:?}"
+        );
+        assert!(
+            b.receipts
+                .windows(2)
+                .all(|w| w[0].stream_sequence < w[1].stream_sequence),
+            "not in stream order: {b:?}"
+        );
+        let (first, last) = (
+            b.receipts[0].stream_sequence,
+            b.receipts[b.receipts.len() - 1].stream_sequence,
+        );
+        assert_eq!(b.message_id, format!("receipts-{agency}-{first}-{last}"));
+    }
+}
+
+#[tokio::test]
+async fn a_group_from_several_agencies_is_one_receipt_batch_per_agency() {
+    let nats = Nats::start();
+    let data = tempfile::tempdir().unwrap();
+    // A long wait for more events: what is published together is one group.
+    let _node = Node::start_with_env(
+        &nats.url(),
+        data.path(),
+        &[("LIANXI_BATCH_DELAY_MS", "1500")],
+    );
+    let js = nats.jetstream().await;
+    wait_for_stream(&js).await;
+
+    let mut messages: Vec<(String, Vec<u8>)> = [
+        opened("b-p1", "DV-B-P1", Agency::Police, T0),
+        opened("b-c1", "DV-B-C1", Agency::Court, T0),
+        opened("b-l1", "DV-B-L1", Agency::Labour, T0),
+        opened("b-p2", "DV-B-P2", Agency::Police, T0),
+        opened("b-c1", "DV-B-C1", Agency::Court, T0), // the court's duplicate
+        opened("b-p3", "DV-B-P3", Agency::Police, T0),
+    ]
+    .iter()
+    .map(|e| (subject(e), e.encode_to_vec()))
+    .collect();
+    // A subject that names no agency: receipted to `unknown`.
+    messages.insert(4, ("lianxi.v1.events.nobody.DV-B-X".into(), b"x".to_vec()));
+    let mut acks = Vec::new();
+    for (i, (subject, payload)) in messages.iter().enumerate() {
+        acks.push(
+            js.send_publish(
+                subject.clone(),
+                async_nats::jetstream::message::PublishMessage::build()
+                    .payload(payload.clone().into())
+                    .message_id(format!("batch-test-{i}")),
+            )
+            .await
+            .expect("publish"),
+        );
+    }
+    let mut seqs = Vec::new();
+    for ack in acks {
+        seqs.push(ack.await.expect("stored").sequence);
+    }
+    assert_eq!(seqs, (1..=7).collect::<Vec<u64>>());
+    let all = support::eventually(Duration::from_secs(30), || async {
+        support::receipted_messages(&js).await == 7
+    })
+    .await;
+    assert!(all, "not every message was receipted");
+
+    let batches = support::receipt_batches_in_stream(&js).await;
+    assert_batches_well_formed(&batches);
+    let shape: Vec<(&str, Vec<u64>)> = batches
+        .iter()
+        .map(|b| {
+            (
+                b.subject.as_str(),
+                b.receipts.iter().map(|r| r.stream_sequence).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        shape,
+        [
+            ("lianxi.v1.receipts.police", vec![1, 4, 7]),
+            ("lianxi.v1.receipts.court", vec![2, 6]),
+            ("lianxi.v1.receipts.labour", vec![3]),
+            ("lianxi.v1.receipts.unknown", vec![5]),
+        ],
+        "one message per agency of the group"
+    );
+    let court = &batches[1].receipts;
+    assert_eq!(court[0].status, pb::ReceiptStatus::Accepted as i32);
+    assert_eq!(court[1].status, pb::ReceiptStatus::Duplicate as i32);
+    assert_eq!(
+        batches[3].receipts[0].status,
+        pb::ReceiptStatus::Rejected as i32
+    );
+    for r in batches.iter().flat_map(|b| &b.receipts) {
+        assert!(
+            r.durability.as_ref().is_some_and(|d| d.node_flushed),
+            "{r:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn after_a_restart_with_receipts_unacknowledged_each_receipt_reaches_the_agency_once() {
+    let nats = Nats::start();
+    let data = tempfile::tempdir().unwrap();
+    let node = Node::start(&nats.url(), data.path());
+    let js = nats.jetstream().await;
+    wait_for_stream(&js).await;
+    let url = nats.url();
+    let client = |agency| {
+        let url = url.clone();
+        async move {
+            lianxi_client::Client::connect(&url, lianxi_client::Options::for_agency(agency))
+                .await
+                .expect("connect")
+        }
+    };
+    let police = client(Agency::Police).await;
+    let court = client(Agency::Court).await;
+
+    // Two rounds, so each agency's receipts went out in several batches.
+    let mut published: HashMap<&str, Vec<String>> = HashMap::new();
+    for round in 0..2 {
+        let p: Vec<pb::Event> = (0..3)
+            .map(|i| {
+                opened(
+                    &format!("u-p{round}{i}"),
+                    &format!("DV-U-P{round}{i}"),
+                    Agency::Police,
+                    T0,
+                )
+            })
+            .collect();
+        let c: Vec<pb::Event> = (0..2)
+            .map(|i| {
+                opened(
+                    &format!("u-c{round}{i}"),
+                    &format!("DV-U-C{round}{i}"),
+                    Agency::Court,
+                    T0,
+                )
+            })
+            .collect();
+        let (pr, cr) = tokio::join!(police.publish_all(p.clone()), court.publish_all(c.clone()));
+        for r in pr.iter().chain(&cr) {
+            let r = r.as_ref().expect("a receipt");
+            assert_eq!(r.status, pb::ReceiptStatus::Accepted as i32, "{r:?}");
+        }
+        published
+            .entry("police")
+            .or_default()
+            .extend(p.into_iter().map(|e| e.event_id));
+        published
+            .entry("court")
+            .or_default()
+            .extend(c.into_iter().map(|e| e.event_id));
+    }
+    let all = support::eventually(Duration::from_secs(30), || async {
+        support::receipted_messages(&js).await == 10
+    })
+    .await;
+    assert!(all);
+    let before = support::receipt_batches_in_stream(&js).await;
+    assert!(
+        before.iter().all(|b| b.receipts.len() < 6),
+        "each agency's receipts should have gone out in several batches: {before:?}"
+    );
+
+    // The node stops; its record of what the bus acknowledged is lost (as
+    // when it crashes between the bus's acknowledgement and its own write).
+    // On restart it sends everything again from the log, in one batch per
+    // agency: new boundaries, so the bus keeps the copies.
+    assert!(node.stop().success());
+    {
+        let log = lianxi_log::Log::open(data.path(), lianxi_domain::Policy::default()).unwrap();
+        assert_eq!(log.receipts_sent().unwrap(), 10);
+        log.set_receipts_sent(0).unwrap();
+    }
+    let _node = Node::start(&nats.url(), data.path());
+    let resent = support::eventually(Duration::from_secs(30), || async {
+        support::receipt_batches_in_stream(&js).await.len() == before.len() + 2
+    })
+    .await;
+    let after = support::receipt_batches_in_stream(&js).await;
+    assert!(
+        resent,
+        "{} batches before, {} after",
+        before.len(),
+        after.len()
+    );
+    assert_batches_well_formed(&after);
+    let (receipts, _) = support::receipts_in_stream(&js).await;
+    assert_eq!(receipts.len(), 20, "every receipt twice on the bus");
+
+    // Each agency reads what it missed: every receipt of its own once, the
+    // copies dropped; the police in one call, the court one at a time.
+    let mut seen: HashMap<&str, Vec<String>> = HashMap::new();
+    for (name, c, max) in [("police", &police, 100), ("court", &court, 1)] {
+        loop {
+            let missed = c
+                .missed_receipts(max, Duration::from_secs(2))
+                .await
+                .expect("missed receipts");
+            if missed.is_empty() {
+                break;
+            }
+            assert!(missed.len() <= max);
+            for m in &missed {
+                assert_eq!(token_of(&m.receipt), name);
+                seen.entry(name)
+                    .or_default()
+                    .push(m.receipt.event_id.clone());
+                m.ack().await.expect("ack");
+            }
+        }
+        assert_eq!(
+            seen[name], published[name],
+            "{name}: each receipt once, in order"
+        );
+        let info = js
+            .get_stream("LIANXI_RECEIPTS")
+            .await
+            .unwrap()
+            .consumer_info(name)
+            .await
+            .unwrap()
+            .clone();
+        assert_eq!(
+            (info.num_pending, info.num_ack_pending),
+            (0, 0),
+            "{name}: every batch acknowledged, the copies too"
+        );
+    }
+}
+
+#[tokio::test]
+async fn bytes_on_a_receipts_subject_that_are_no_batch_are_skipped_by_the_client() {
+    let nats = Nats::start();
+    let data = tempfile::tempdir().unwrap();
+    let _node = Node::start(&nats.url(), data.path());
+    let js = nats.jetstream().await;
+    wait_for_stream(&js).await;
+    let police = lianxi_client::Client::connect(
+        &nats.url(),
+        lianxi_client::Options::for_agency(Agency::Police),
+    )
+    .await
+    .unwrap();
+    // On the development server anyone may publish there: garbage, and a
+    // bare receipt (the format before batches), live and into the stream.
+    let bare = pb::Receipt {
+        status: pb::ReceiptStatus::Accepted as i32,
+        event_id: "forged".into(),
+        stream_sequence: 1,
+        agency: Agency::Police as i32,
+        ..Default::default()
+    };
+    for payload in [b"\xff\xff not protobuf".to_vec(), bare.encode_to_vec()] {
+        js.publish("lianxi.v1.receipts.police", payload.into())
+            .await
+            .unwrap()
+            .await
+            .expect("stored in LIANXI_RECEIPTS");
+    }
+    // The client still gets its receipts, live and from its consumer.
+    let e = opened("skip-1", "DV-SKIP-1", Agency::Police, T0);
+    let r = police.publish(&e).await.expect("a receipt");
+    assert_eq!(r.status, pb::ReceiptStatus::Accepted as i32);
+    assert_eq!(r.stream_sequence, 1);
+    let missed = police
+        .missed_receipts(10, Duration::from_secs(1))
+        .await
+        .expect("missed receipts");
+    let ids: Vec<&str> = missed.iter().map(|m| m.receipt.event_id.as_str()).collect();
+    assert_eq!(ids, ["skip-1"]);
+    missed[0].ack().await.unwrap();
+    let info = js
+        .get_stream("LIANXI_RECEIPTS")
+        .await
+        .unwrap()
+        .consumer_info("police")
+        .await
+        .unwrap()
+        .clone();
+    assert_eq!((info.num_pending, info.num_ack_pending), (0, 0));
 }

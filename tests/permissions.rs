@@ -19,7 +19,7 @@ use async_nats::jetstream::message::PublishMessage as Publish;
 use async_nats::{Client, ConnectErrorKind, ConnectOptions, Event, ServerError};
 use lianxi_proto::v1::{self as pb, Agency, GetCaseRequest, event::Body};
 use prost::Message;
-use support::{Nats, Node, case_after, event_at as event};
+use support::{Nats, Node, batch_receipts, case_after, event_at as event};
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 use tokio::time::Instant;
 use tokio_stream::StreamExt;
@@ -95,8 +95,13 @@ fn start_bus() -> Nats {
 
 /// The real node, logged in as `node` with the credentials in its URL.
 fn start_node(nats: &Nats, data_dir: &Path) -> Node {
+    start_node_with(nats, data_dir, &[])
+}
+
+/// [`start_node`] with more `LIANXI_*` settings.
+fn start_node_with(nats: &Nats, data_dir: &Path, envs: &[(&str, &str)]) -> Node {
     let url = format!("nats://node:{}@127.0.0.1:{}", password("node"), nats.port);
-    Node::start_within(&url, data_dir, Duration::from_secs(20)).unwrap_or_else(|e| {
+    Node::start_within_env(&url, data_dir, Duration::from_secs(20), envs).unwrap_or_else(|e| {
         let log = nats.log();
         let tail: Vec<&str> = log.lines().rev().take(5).collect();
         panic!(
@@ -469,13 +474,17 @@ async fn an_agency_reads_only_its_own_receipts_and_replies() {
         .await
         .expect("the court receipt within 30 s")
         .expect("a message");
-    let court_receipt = pb::Receipt::decode(court_receipt.payload.as_ref()).expect("a receipt");
+    let court_batch = batch_receipts(court_receipt.payload.as_ref());
+    assert_eq!(court_batch.len(), 1, "{court_batch:?}");
+    let court_receipt = &court_batch[0];
     assert_eq!(court_receipt.stream_sequence, court_seq);
     let own = tokio::time::timeout(Duration::from_secs(30), own_receipts.next())
         .await
         .expect("the police receipt within 30 s")
         .expect("a message");
-    let receipt = pb::Receipt::decode(own.payload.as_ref()).expect("a receipt");
+    let own_batch = batch_receipts(own.payload.as_ref());
+    assert_eq!(own_batch.len(), 1, "{own_batch:?}");
+    let receipt = &own_batch[0];
     assert_eq!(receipt.event_id, "r-police");
     assert_eq!(receipt.stream_sequence, police_seq);
     assert_eq!(
@@ -971,4 +980,156 @@ async fn an_agency_reads_the_receipts_it_missed_from_its_own_consumer_and_no_oth
     assert_eq!(info.num_ack_pending, 0);
     assert_eq!(info.num_pending, 0);
     drop(node);
+}
+
+/// The next batch on `sub`, within 30 s.
+async fn next_batch(sub: &mut async_nats::Subscriber) -> Vec<pb::Receipt> {
+    let m = tokio::time::timeout(Duration::from_secs(30), sub.next())
+        .await
+        .expect("a batch within 30 s")
+        .expect("a message");
+    batch_receipts(m.payload.as_ref())
+}
+
+/// A message on `sub` within half a second, if any.
+async fn stray(sub: &mut async_nats::Subscriber) -> Option<async_nats::Message> {
+    tokio::time::timeout(Duration::from_millis(500), sub.next())
+        .await
+        .ok()
+        .flatten()
+}
+
+#[tokio::test]
+async fn in_a_group_of_several_agencies_each_agency_gets_only_its_own_batch() {
+    let nats = start_bus();
+    let data = tempfile::tempdir().unwrap();
+    // A long wait for more events: what is published together is one group.
+    let _node = start_node_with(&nats, data.path(), &[("LIANXI_BATCH_DELAY_MS", "1500")]);
+    let observer = as_node(&nats).await;
+    wait_for_stream(&observer).await;
+    let mut police = agency(&nats, "police").await;
+    let court = agency(&nats, "court").await;
+    let mut police_own = police
+        .client
+        .subscribe("lianxi.v1.receipts.police")
+        .await
+        .unwrap();
+    let mut court_own = court
+        .client
+        .subscribe("lianxi.v1.receipts.court")
+        .await
+        .unwrap();
+    let mut police_at_court = police
+        .client
+        .subscribe("lianxi.v1.receipts.court")
+        .await
+        .unwrap();
+    server_error(&mut police, &subscribe_refused("lianxi.v1.receipts.court")).await;
+    let mut police_everywhere = police
+        .client
+        .subscribe("lianxi.v1.receipts.>")
+        .await
+        .unwrap();
+    server_error(&mut police, &subscribe_refused("lianxi.v1.receipts.>")).await;
+    // Round trips on both connections: the server has the subscriptions.
+    police.client.flush().await.unwrap();
+    court.client.flush().await.unwrap();
+    lookup(&police, "police", "none").await;
+    lookup(&court, "court", "none").await;
+
+    // Interleaved, all within the node's wait: one group.
+    let sends = [
+        (&police, "police", "g-p1", "DV-G-P1", Agency::Police),
+        (&court, "court", "g-c1", "DV-G-C1", Agency::Court),
+        (&police, "police", "g-p2", "DV-G-P2", Agency::Police),
+        (&court, "court", "g-c2", "DV-G-C2", Agency::Court),
+    ];
+    let mut acks = Vec::new();
+    for (bus, token, id, case, a) in sends {
+        let e = opened(id, case, a);
+        acks.push(
+            bus.js
+                .send_publish(
+                    format!("lianxi.v1.events.{token}.{case}"),
+                    Publish::build()
+                        .payload(e.encode_to_vec().into())
+                        .message_id(id),
+                )
+                .await
+                .expect("sent"),
+        );
+    }
+    for ack in acks {
+        ack.await.expect("stored");
+    }
+
+    // One message each, holding that agency's two receipts and nothing of
+    // the other's.
+    let p = next_batch(&mut police_own).await;
+    let c = next_batch(&mut court_own).await;
+    let ids = |b: &[pb::Receipt]| b.iter().map(|r| r.event_id.clone()).collect::<Vec<_>>();
+    assert_eq!(ids(&p), ["g-p1", "g-p2"]);
+    assert_eq!(ids(&c), ["g-c1", "g-c2"]);
+    assert!(p.iter().all(|r| r.agency == Agency::Police as i32));
+    assert!(c.iter().all(|r| r.agency == Agency::Court as i32));
+    assert!(p[0].stream_sequence < p[1].stream_sequence);
+    assert!(
+        stray(&mut police_own).await.is_none(),
+        "a second police batch"
+    );
+    assert!(
+        stray(&mut court_own).await.is_none(),
+        "a second court batch"
+    );
+    if let Some(leaked) = stray(&mut police_at_court).await {
+        panic!("the police read the court's batch: {leaked:?}");
+    }
+    if let Some(leaked) = stray(&mut police_everywhere).await {
+        panic!("the police read a batch through a wildcard: {leaked:?}");
+    }
+    let receipts = observer
+        .js
+        .get_stream("LIANXI_RECEIPTS")
+        .await
+        .unwrap()
+        .get_info()
+        .await
+        .unwrap();
+    assert_eq!(receipts.state.messages, 2, "one batch per agency");
+
+    // From the durable consumers, through the library: the same split.
+    let url = |user: &str| format!("nats://{user}:{}@127.0.0.1:{}", password(user), nats.port);
+    for (user, a, want) in [
+        ("police", Agency::Police, ["g-p1", "g-p2"]),
+        ("court", Agency::Court, ["g-c1", "g-c2"]),
+    ] {
+        let client =
+            lianxi_client::Client::connect(&url(user), lianxi_client::Options::for_agency(a))
+                .await
+                .unwrap();
+        let missed = client
+            .missed_receipts(10, Duration::from_secs(1))
+            .await
+            .unwrap();
+        let got: Vec<&str> = missed.iter().map(|m| m.receipt.event_id.as_str()).collect();
+        assert_eq!(got, want, "{user}");
+        assert!(missed.iter().all(|m| m.receipt.agency == a as i32));
+        // Both receipts are in one message of the stream.
+        assert_eq!(missed[0].stream_sequence, missed[1].stream_sequence);
+        // Acknowledged one by one: the first tells the bus the batch is in
+        // hand, the last acknowledges it; both within the agency's rights.
+        for m in &missed {
+            m.ack().await.expect("acknowledged on its own consumer");
+        }
+        let info = observer
+            .js
+            .get_stream("LIANXI_RECEIPTS")
+            .await
+            .unwrap()
+            .consumer_info(user)
+            .await
+            .unwrap()
+            .clone();
+        assert_eq!((info.num_pending, info.num_ack_pending), (0, 0), "{user}");
+    }
 }

@@ -13,8 +13,7 @@ use std::time::{Duration, Instant};
 
 use lianxi_client::{Client, Options};
 use lianxi_proto::v1::{Event, Receipt, ReceiptStatus, RejectionCode};
-use prost::Message;
-use support::{Nats, Node, shipped_conf};
+use support::{Nats, Node, batch_receipts, shipped_conf};
 use tokio_stream::StreamExt;
 
 const T0: i64 = 1_793_000_000; // 2026-10-26
@@ -143,12 +142,13 @@ async fn others_flow_while_one_case_waits(name: &str, options: Options, cases: u
             .await
             .expect("receipts stopped coming")
             .expect("subscription open");
-        let r = Receipt::decode(msg.payload.as_ref()).unwrap();
-        if other_ids.contains(&r.event_id) {
-            assert_eq!(r.status, ReceiptStatus::Accepted as i32, "{r:?}");
-            accepted.insert(r.event_id.clone());
+        for r in batch_receipts(msg.payload.as_ref()) {
+            if other_ids.contains(&r.event_id) {
+                assert_eq!(r.status, ReceiptStatus::Accepted as i32, "{r:?}");
+                accepted.insert(r.event_id.clone());
+            }
+            seen.push(r);
         }
-        seen.push(r);
     }
     let others_done_at = seen.len();
     let others_done_after = started.elapsed();
@@ -160,11 +160,11 @@ async fn others_flow_while_one_case_waits(name: &str, options: Options, cases: u
         if let Ok(Some(msg)) =
             tokio::time::timeout(Duration::from_millis(50), receipts.next()).await
         {
-            seen.push(Receipt::decode(msg.payload.as_ref()).unwrap());
+            seen.extend(batch_receipts(msg.payload.as_ref()));
         }
     }
     while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(1), receipts.next()).await {
-        seen.push(Receipt::decode(msg.payload.as_ref()).unwrap());
+        seen.extend(batch_receipts(msg.payload.as_ref()));
     }
     let results = publishing.await.unwrap();
     let finished_after = started.elapsed();

@@ -47,14 +47,40 @@ def printable(s, what):
     check(not CONTROL.search(s), f"{what} holds control or format characters: {s!r}")
 
 
-class Receipts:
-    """The live receipts of one agency, by the stream sequence of the event."""
+def split_batch(pb, data, agency, what):
+    """The receipts in one message on a receipts subject: every message there
+    is a lianxi.v1.ReceiptBatch, one agency's receipts from one group the node
+    wrote, in stream order (receipts.proto)."""
+    batch = pb.ReceiptBatch()
+    batch.ParseFromString(data)
+    seqs = [r.stream_sequence for r in batch.receipts]
+    check(seqs, f"{what}: an empty batch")
+    check(seqs == sorted(set(seqs)), f"{what}: a batch not in stream order: {seqs}")
+    for r in batch.receipts:
+        check(r.agency == agency, f"{what}: a batch for agency {agency} holds a receipt for {r.agency}")
+    return list(batch.receipts)
 
-    def __init__(self, pb, sub):
+
+def check_message_id(msg, receipts, token, what):
+    """receipts.proto: the message id names the batch's content."""
+    want = f"receipts-{token}-{receipts[0].stream_sequence}-{receipts[-1].stream_sequence}"
+    got = (msg.headers or {}).get("Nats-Msg-Id")
+    check(got == want, f"{what}: message id {got!r}, expected {want!r}")
+
+
+class Receipts:
+    """The live receipts of one agency, by the stream sequence of the event.
+    A receipt may come twice (a node re-sends what the bus had not
+    acknowledged after a restart, in batches cut otherwise): the copy must
+    say the same, and is dropped."""
+
+    def __init__(self, pb, sub, agency):
         self.pb = pb
         self.sub = sub
+        self.agency = agency
         self.by_seq = {}
         self.count = 0
+        self.batches = 0
 
     async def get(self, seq, timeout=15.0):
         deadline = time.monotonic() + timeout
@@ -65,12 +91,14 @@ class Receipts:
                 msg = await self.sub.next_msg(timeout=left)
             except Exception:  # nats.errors.TimeoutError
                 continue
-            r = self.pb.Receipt()
-            r.ParseFromString(msg.data)
-            check(r.stream_sequence not in self.by_seq,
-                  f"two receipts for stream sequence {r.stream_sequence}")
-            self.by_seq[r.stream_sequence] = r
-            self.count += 1
+            self.batches += 1
+            for r in split_batch(self.pb, msg.data, self.agency, "live receipts"):
+                if r.stream_sequence in self.by_seq:
+                    check(self.by_seq[r.stream_sequence] == r,
+                          f"two different receipts for stream sequence {r.stream_sequence}")
+                    continue
+                self.by_seq[r.stream_sequence] = r
+                self.count += 1
         return self.by_seq[seq]
 
 
@@ -106,7 +134,7 @@ async def main(args):
         except Exception as e:
             check(time.monotonic() < deadline, f"the node did not create its streams within 30 s: {e}")
             await asyncio.sleep(0.2)
-    live = Receipts(rc, await nc.subscribe(f"{RECEIPTS}.police"))
+    live = Receipts(rc, await nc.subscribe(f"{RECEIPTS}.police"), ev.AGENCY_POLICE)
 
     msg_ids = {}
 
@@ -238,6 +266,25 @@ async def main(args):
     stats["rejected"] += 1
     rejections.append(h4)
 
+    # Several events published together: the node writes them as one group
+    # (or a few) and sends the police one batch per group, in stream order.
+    burst = [event(f"oc-b{i}", 150 + i, progress_reported=ev.ProgressReported(summary=f"call {i}"))
+             for i in range(5)]
+    acks = await asyncio.gather(*[
+        js.publish(f"{EVENTS}.police.{CASE}", e.SerializeToString(),
+                   headers={"Nats-Msg-Id": f"{e.event_id}~outside-1"}, timeout=10)
+        for e in burst])
+    stats["published"] += len(burst)
+    batches_before = live.batches
+    for e, ack in sorted(zip(burst, acks), key=lambda p: p[1].seq):
+        r = await live.get(ack.seq)
+        check(r.status == S.RECEIPT_STATUS_ACCEPTED and r.event_id == e.event_id,
+              f"{e.event_id}: {S.Name(r.status)} {r.event_id}")
+        accepted.append(r)
+        stats["accepted"] += 1
+    burst_batches = live.batches - batches_before
+    check(1 <= burst_batches <= len(burst), f"{burst_batches} batches for {len(burst)} receipts")
+
     # A receipt missed: stop listening, publish, read it from the police's
     # durable consumer on LIANXI_RECEIPTS (named "police", README).
     await live.sub.unsubscribe()
@@ -253,10 +300,12 @@ async def main(args):
         except nats.errors.TimeoutError:
             continue
         for m in msgs:
-            r = rc.Receipt()
-            r.ParseFromString(m.data)
-            check(r.agency == ev.AGENCY_POLICE, f"the police consumer gave a receipt for agency {r.agency}")
-            durable[r.stream_sequence] = r
+            batch = split_batch(rc, m.data, ev.AGENCY_POLICE, "the police consumer")
+            check_message_id(m, batch, "police", "the police consumer")
+            for r in batch:
+                check(r.stream_sequence not in durable or durable[r.stream_sequence] == r,
+                      f"two different receipts for stream sequence {r.stream_sequence} on the consumer")
+                durable[r.stream_sequence] = r
             await m.ack()
     for seq, r in live.by_seq.items():
         check(seq in durable and durable[seq] == r,
@@ -389,7 +438,8 @@ async def main(args):
 
     print(f"outside-client: OK: published {stats['published']} messages; receipts: "
           f"{stats['accepted']} accepted, {stats['duplicate']} duplicate, {stats['rejected']} rejected "
-          f"(each with a readable reason); 1 missed receipt read from the durable consumer; "
+          f"(each with a readable reason) in {live.batches} batches; {len(burst)} published together came "
+          f"in {burst_batches}; 1 missed receipt read from the durable consumer; "
           f"timeline of {len(entries)} entries matches the receipts' hashes; "
           f"reflection v1alpha lists {len(services)} services")
 

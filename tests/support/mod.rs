@@ -87,6 +87,16 @@ impl Node {
     /// NATS and keeps retrying), instead of waiting forever. The node is
     /// killed then; what it printed went to the test's stderr.
     pub fn start_within(nats_url: &str, data_dir: &Path, within: Duration) -> Result<Node, String> {
+        Self::start_within_env(nats_url, data_dir, within, &[])
+    }
+
+    /// [`Node::start_within`] with more `LIANXI_*` settings.
+    pub fn start_within_env(
+        nats_url: &str,
+        data_dir: &Path,
+        within: Duration,
+        envs: &[(&str, &str)],
+    ) -> Result<Node, String> {
         let mut child = Command::new(LIANXI)
             .arg("serve")
             .env("LIANXI_NATS_URL", nats_url)
@@ -94,6 +104,7 @@ impl Node {
             .env("LIANXI_GRPC_ADDR", "127.0.0.1:0")
             .env("LIANXI_KEK_FILE", test_kek_file())
             .env("LIANXI_LOG", "warn")
+            .envs(envs.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -422,4 +433,123 @@ pub fn wf_progress(id: &str, case: &str, t: i64) -> Event {
             summary: format!("follow-up {id}"),
         }),
     )
+}
+
+/// The receipts in one message on a receipts subject (a `ReceiptBatch`).
+pub fn batch_receipts(payload: &[u8]) -> Vec<lianxi_proto::v1::Receipt> {
+    lianxi_proto::v1::ReceiptBatch::decode(payload)
+        .expect("a ReceiptBatch on the receipts subject")
+        .receipts
+}
+
+/// A core NATS subscription to receipts subjects, split into receipts and
+/// kept by stream sequence, so a receipt that came in the same batch as an
+/// earlier one is still there when asked for.
+pub struct ReceiptSub {
+    pub sub: async_nats::Subscriber,
+    pub by_seq: std::collections::HashMap<u64, lianxi_proto::v1::Receipt>,
+    /// Every receipt received, copies included, in arrival order.
+    pub all: Vec<lianxi_proto::v1::Receipt>,
+    /// How many batch messages arrived.
+    pub messages: usize,
+}
+
+impl ReceiptSub {
+    pub async fn new(client: &async_nats::Client, subject: &str) -> ReceiptSub {
+        let sub = client
+            .subscribe(subject.to_owned())
+            .await
+            .expect("subscribe to receipts");
+        client.flush().await.expect("flush");
+        ReceiptSub {
+            sub,
+            by_seq: Default::default(),
+            all: Vec::new(),
+            messages: 0,
+        }
+    }
+
+    /// Takes in the next batch message, if one comes before `deadline`.
+    pub async fn next_batch(
+        &mut self,
+        deadline: tokio::time::Instant,
+    ) -> Option<Vec<lianxi_proto::v1::Receipt>> {
+        use tokio_stream::StreamExt;
+        let msg = tokio::time::timeout_at(deadline, self.sub.next())
+            .await
+            .ok()??;
+        let receipts = batch_receipts(msg.payload.as_ref());
+        self.messages += 1;
+        for r in &receipts {
+            self.all.push(r.clone());
+            self.by_seq.entry(r.stream_sequence).or_insert(r.clone());
+        }
+        Some(receipts)
+    }
+
+    /// The receipt for the message at `stream_sequence` (waiting up to 20 s).
+    pub async fn receipt(&mut self, stream_sequence: u64) -> lianxi_proto::v1::Receipt {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while !self.by_seq.contains_key(&stream_sequence) {
+            self.next_batch(deadline)
+                .await
+                .unwrap_or_else(|| panic!("no receipt for stream sequence {stream_sequence}"));
+        }
+        self.by_seq[&stream_sequence].clone()
+    }
+}
+
+/// One message of the stream LIANXI_RECEIPTS.
+#[derive(Debug, Clone)]
+pub struct StoredBatch {
+    pub subject: String,
+    /// Its `Nats-Msg-Id`.
+    pub message_id: String,
+    pub receipts: Vec<lianxi_proto::v1::Receipt>,
+}
+
+/// Every message of the stream LIANXI_RECEIPTS, in order.
+pub async fn receipt_batches_in_stream(js: &async_nats::jetstream::Context) -> Vec<StoredBatch> {
+    let mut stream = js.get_stream("LIANXI_RECEIPTS").await.expect("stream");
+    let state = stream.info().await.expect("stream info").state.clone();
+    let mut out = Vec::new();
+    if state.messages == 0 {
+        return out;
+    }
+    for seq in state.first_sequence..=state.last_sequence {
+        let Ok(m) = stream.get_raw_message(seq).await else {
+            continue; // deleted
+        };
+        out.push(StoredBatch {
+            subject: m.subject.to_string(),
+            message_id: m
+                .headers
+                .get("Nats-Msg-Id")
+                .map(|v| v.as_str().to_owned())
+                .unwrap_or_default(),
+            receipts: batch_receipts(m.payload.as_ref()),
+        });
+    }
+    out
+}
+
+/// Every receipt held in the stream LIANXI_RECEIPTS, copies included, in
+/// the stream's order, with the number of batch messages.
+pub async fn receipts_in_stream(
+    js: &async_nats::jetstream::Context,
+) -> (Vec<lianxi_proto::v1::Receipt>, u64) {
+    let batches = receipt_batches_in_stream(js).await;
+    let n = batches.len() as u64;
+    (batches.into_iter().flat_map(|b| b.receipts).collect(), n)
+}
+
+/// How many distinct messages (by stream sequence) the receipts stream
+/// holds a receipt for.
+pub async fn receipted_messages(js: &async_nats::jetstream::Context) -> u64 {
+    let (receipts, _) = receipts_in_stream(js).await;
+    receipts
+        .iter()
+        .map(|r| r.stream_sequence)
+        .collect::<std::collections::HashSet<_>>()
+        .len() as u64
 }

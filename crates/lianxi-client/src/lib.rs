@@ -41,6 +41,12 @@
 //! - **Missed receipts can be read.** An agency's receipts are also kept on
 //!   the bus; [`Client::missed_receipts`] reads them from the agency's own
 //!   durable consumer, from the last one it acknowledged.
+//! - **Each receipt once.** Nodes send an agency's receipts in batches (one
+//!   [`ReceiptBatch`] message per agency per group they write); the client
+//!   splits them, and drops a copy of a receipt it has already handled (by
+//!   its stream sequence): a node that restarts sends again what the bus had
+//!   not acknowledged, in batches of other boundaries, and several nodes
+//!   each send their own.
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), lianxi_client::Error> {
@@ -77,15 +83,15 @@
 mod error;
 mod schedule;
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::jetstream::{self, context::PublishAckFuture, message::PublishMessage};
+use async_nats::jetstream::{self, AckKind, context::PublishAckFuture, message::PublishMessage};
 use futures::StreamExt;
 use lianxi_proto::v1::{
-    Agency, Event, LookupReply, LookupRequest, Receipt, ReceiptStatus, RejectionCode,
+    Agency, Event, LookupReply, LookupRequest, Receipt, ReceiptBatch, ReceiptStatus, RejectionCode,
 };
 use prost::Message;
 use tokio::sync::{mpsc, watch};
@@ -99,6 +105,59 @@ pub const LOOKUP_PREFIX: &str = "lianxi.v1.lookup";
 /// The stream receipts are kept in; each agency's durable consumer on it is
 /// named by the agency's token (`police`).
 pub const RECEIPTS_STREAM: &str = "LIANXI_RECEIPTS";
+/// How many receipts (by stream sequence) the client remembers having
+/// handled, to drop copies: a re-sent batch follows its first copy within
+/// far fewer.
+const REMEMBERED_RECEIPTS: usize = 65_536;
+/// The receipts consumer's ack wait is 30 s (set by the node): receipts of
+/// a batch fetched but not yet handed out are kept for the next call for at
+/// most this long since the bus last heard about the batch, after which the
+/// bus may deliver it again.
+const LEFTOVER_FOR: Duration = Duration::from_secs(20);
+
+/// The receipts in one message on a receipts subject: every such message
+/// is a [`ReceiptBatch`] (one agency's receipts from one group, in stream
+/// order). An error for bytes that are not one.
+pub fn decode_receipts(payload: &[u8]) -> Result<Vec<Receipt>, prost::DecodeError> {
+    ReceiptBatch::decode(payload).map(|b| b.receipts)
+}
+
+/// The stream sequences of the receipts most recently handled, at most
+/// `cap`: a copy of one of them is dropped.
+#[derive(Debug)]
+struct Seen {
+    set: HashSet<u64>,
+    order: VecDeque<u64>,
+    cap: usize,
+}
+
+impl Seen {
+    fn new(cap: usize) -> Seen {
+        Seen {
+            set: HashSet::new(),
+            order: VecDeque::new(),
+            cap: cap.max(1),
+        }
+    }
+
+    fn contains(&self, stream_sequence: u64) -> bool {
+        self.set.contains(&stream_sequence)
+    }
+
+    /// False when it was there already.
+    fn insert(&mut self, stream_sequence: u64) -> bool {
+        if !self.set.insert(stream_sequence) {
+            return false;
+        }
+        self.order.push_back(stream_sequence);
+        if self.order.len() > self.cap
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.set.remove(&oldest);
+        }
+        true
+    }
+}
 
 /// How the client behaves. The defaults ride out a bus or node outage of
 /// minutes.
@@ -213,6 +272,10 @@ struct Inner {
     started: tokio::time::Instant,
     last_stall_warning: AtomicU64,
     dispatcher: tokio::task::JoinHandle<()>,
+    /// What `missed_receipts` has handed out and been told is handled, and
+    /// what it fetched but has not handed out yet.
+    missed: tokio::sync::Mutex<VecDeque<Leftover>>,
+    handled: Arc<Mutex<Seen>>,
 }
 
 /// How long the bus may refuse an event before the client says so.
@@ -270,14 +333,26 @@ impl Client {
         let waiters: Waiters = Arc::default();
         let dispatch_to = waiters.clone();
         let dispatcher = tokio::spawn(async move {
+            let mut seen = Seen::new(REMEMBERED_RECEIPTS);
             while let Some(msg) = receipts.next().await {
-                let Ok(receipt) = Receipt::decode(msg.payload.as_ref()) else {
-                    continue;
+                let batch = match decode_receipts(msg.payload.as_ref()) {
+                    Ok(batch) => batch,
+                    Err(e) => {
+                        tracing::warn!(subject = %lianxi_domain::printable(&msg.subject, 200), bytes = msg.payload.len(), error = %e, "unreadable message on a receipts subject; skipped");
+                        continue;
+                    }
                 };
                 let map = dispatch_to.lock().unwrap_or_else(|p| p.into_inner());
-                if let Some(senders) = map.get(&receipt.event_id) {
-                    for s in senders {
-                        let _ = s.send(receipt.clone());
+                for receipt in batch {
+                    // A copy (a node re-sent it after a restart, or
+                    // another node sent it too): already dispatched.
+                    if !seen.insert(receipt.stream_sequence) {
+                        continue;
+                    }
+                    if let Some(senders) = map.get(&receipt.event_id) {
+                        for s in senders {
+                            let _ = s.send(receipt.clone());
+                        }
                     }
                 }
             }
@@ -295,6 +370,8 @@ impl Client {
                 started: tokio::time::Instant::now(),
                 last_stall_warning: AtomicU64::new(0),
                 dispatcher,
+                missed: tokio::sync::Mutex::new(VecDeque::new()),
+                handled: Arc::new(Mutex::new(Seen::new(REMEMBERED_RECEIPTS))),
             }),
         })
     }
@@ -456,6 +533,14 @@ impl Client {
     /// last acknowledged one, in this process or the next. A receipt not
     /// acknowledged within 30 s is delivered again. Needs
     /// [`Options::agency`]; the bus lets an agency read only its own.
+    ///
+    /// The consumer holds batches (one message per group a node wrote);
+    /// this splits them. A batch is acknowledged on the bus once every one
+    /// of its receipts is: a process that stops half way through one gets
+    /// the whole batch again next time. A receipt this client has already
+    /// handed out and seen acknowledged (a node re-sent it in another
+    /// batch) is not handed out again. Receipts of a batch beyond `max`
+    /// are kept for the next call.
     pub async fn missed_receipts(
         &self,
         max: usize,
@@ -467,35 +552,110 @@ impl Client {
             consumer: format!("{RECEIPTS_STREAM}/{name}"),
             detail,
         };
-        let consumer: jetstream::consumer::PullConsumer = self
-            .inner
-            .js
-            .get_consumer_from_stream(name, RECEIPTS_STREAM)
-            .await
-            .map_err(|e| fail(e.to_string()))?;
-        let mut batch = consumer
-            .fetch()
-            .max_messages(max.max(1))
-            .expires(wait.max(Duration::from_millis(10)))
-            .messages()
-            .await
-            .map_err(|e| fail(e.to_string()))?;
+        let max = max.max(1);
+        // One call at a time: the leftovers are handed out in order.
+        let mut leftovers = self.inner.missed.lock().await;
         let mut out = Vec::new();
-        while let Some(m) = batch.next().await {
-            let m = m.map_err(|e| fail(e.to_string()))?;
-            let stream_sequence = m.info().map(|i| i.stream_sequence).unwrap_or(0);
-            match Receipt::decode(m.payload.as_ref()) {
-                Ok(receipt) => out.push(MissedReceipt {
-                    receipt,
-                    stream_sequence,
-                    message: m,
-                }),
-                Err(e) => {
-                    // Not a receipt: nothing to hand over; acknowledge it so
-                    // it does not come back forever.
-                    tracing::warn!(stream_sequence, error = %e, "unreadable message on the receipts stream; skipped");
-                    let _ = m.ack().await;
+        let mut this_call = HashSet::new();
+        // Receipts fetched by an earlier call that did not fit: first, as
+        // long as the bus still holds their batch for us.
+        let mut kept: Option<Arc<MissedBatch>> = None;
+        while out.len() < max
+            && let Some(left) = leftovers.pop_front()
+        {
+            let known = kept.as_ref().is_some_and(|k| Arc::ptr_eq(k, &left.batch));
+            if !known {
+                if !left.batch.keep().await {
+                    // The bus delivers the whole batch again.
+                    leftovers.retain(|l| !Arc::ptr_eq(&l.batch, &left.batch));
+                    continue;
                 }
+                kept = Some(left.batch.clone());
+            }
+            this_call.insert(left.receipt.stream_sequence);
+            out.push(left.into_missed());
+        }
+        let deadline = tokio::time::Instant::now() + wait.max(Duration::from_millis(10));
+        let consumer: Option<jetstream::consumer::PullConsumer> = if out.len() < max {
+            Some(
+                self.inner
+                    .js
+                    .get_consumer_from_stream(name, RECEIPTS_STREAM)
+                    .await
+                    .map_err(|e| fail(e.to_string()))?,
+            )
+        } else {
+            None
+        };
+        while let Some(consumer) = &consumer
+            && out.len() < max
+            && leftovers.is_empty()
+        {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            // Each message holds up to 512 receipts: a few at a time, so
+            // little is fetched beyond `max`.
+            let mut fetched = consumer
+                .fetch()
+                .max_messages((max - out.len()).min(8))
+                .expires(left.max(Duration::from_millis(10)))
+                .messages()
+                .await
+                .map_err(|e| fail(e.to_string()))?;
+            let mut any = false;
+            while let Some(m) = fetched.next().await {
+                let m = m.map_err(|e| fail(e.to_string()))?;
+                any = true;
+                let stream_sequence = m.info().map(|i| i.stream_sequence).unwrap_or(0);
+                let receipts = match decode_receipts(m.payload.as_ref()) {
+                    Ok(receipts) => receipts,
+                    Err(e) => {
+                        // Not a batch of receipts: nothing to hand over;
+                        // acknowledge it so it does not come back forever.
+                        tracing::warn!(stream_sequence, error = %e, "unreadable message on the receipts stream; skipped");
+                        let _ = m.ack().await;
+                        continue;
+                    }
+                };
+                let new: Vec<Receipt> = {
+                    let handled = self.inner.handled.lock().unwrap_or_else(|p| p.into_inner());
+                    receipts
+                        .into_iter()
+                        .filter(|r| {
+                            !handled.contains(r.stream_sequence)
+                                && this_call.insert(r.stream_sequence)
+                        })
+                        .collect()
+                };
+                if new.is_empty() {
+                    // Every receipt in it was handled already (a re-sent
+                    // copy): done with it.
+                    let _ = m.ack().await;
+                    continue;
+                }
+                let batch = Arc::new(MissedBatch {
+                    message: m,
+                    stream_sequence,
+                    left: AtomicUsize::new(new.len()),
+                    touched: Mutex::new(tokio::time::Instant::now()),
+                    handled: self.inner.handled.clone(),
+                });
+                for receipt in new {
+                    let left = Leftover {
+                        receipt,
+                        batch: batch.clone(),
+                    };
+                    if out.len() < max {
+                        out.push(left.into_missed());
+                    } else {
+                        leftovers.push_back(left);
+                    }
+                }
+            }
+            if !any {
+                break;
             }
         }
         Ok(out)
@@ -717,21 +877,104 @@ impl Client {
 /// A receipt read back from the agency's durable consumer.
 pub struct MissedReceipt {
     pub receipt: Receipt,
-    /// The receipt's place in the receipts stream.
+    /// The place in the receipts stream of the batch message holding this
+    /// receipt (the receipts of one batch share it).
     pub stream_sequence: u64,
-    message: jetstream::Message,
+    batch: Arc<MissedBatch>,
+    acked: AtomicBool,
 }
 
 impl MissedReceipt {
-    /// Marks this receipt as handled: it is not delivered again.
+    /// Marks this receipt as handled: it is not delivered again. Once every
+    /// receipt of its batch is, the batch is acknowledged on the bus (until
+    /// then, each acknowledgement tells the bus that the batch is being
+    /// worked on, so it is not delivered again meanwhile).
     pub async fn ack(&self) -> Result<(), Error> {
-        self.message
-            .double_ack()
-            .await
-            .map_err(|e| Error::MissedReceipts {
-                consumer: RECEIPTS_STREAM.into(),
-                detail: format!("acknowledging receipt {}: {e}", self.stream_sequence),
-            })
+        if self.acked.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let batch = &self.batch;
+        let result = if batch.left.fetch_sub(1, Ordering::SeqCst) == 1 {
+            let acked = batch.message.double_ack().await;
+            if acked.is_err() {
+                batch.left.fetch_add(1, Ordering::SeqCst);
+            }
+            acked
+        } else {
+            batch.touch();
+            batch.message.ack_with(AckKind::Progress).await
+        };
+        match result {
+            Ok(()) => {
+                batch
+                    .handled
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(self.receipt.stream_sequence);
+                Ok(())
+            }
+            Err(e) => {
+                self.acked.store(false, Ordering::SeqCst);
+                Err(Error::MissedReceipts {
+                    consumer: RECEIPTS_STREAM.into(),
+                    detail: format!(
+                        "acknowledging the receipt of stream sequence {} (batch {}): {e}",
+                        self.receipt.stream_sequence, self.batch.stream_sequence
+                    ),
+                })
+            }
+        }
+    }
+}
+
+/// One batch message fetched from the agency's consumer, shared by its
+/// receipts.
+struct MissedBatch {
+    message: jetstream::Message,
+    stream_sequence: u64,
+    /// Its receipts handed out (or to be) and not yet acknowledged: the
+    /// message is acknowledged when this reaches zero.
+    left: AtomicUsize,
+    /// When the bus last heard from us about it (fetch, progress).
+    touched: Mutex<tokio::time::Instant>,
+    handled: Arc<Mutex<Seen>>,
+}
+
+impl MissedBatch {
+    fn touch(&self) {
+        *self.touched.lock().unwrap_or_else(|p| p.into_inner()) = tokio::time::Instant::now();
+    }
+
+    /// Before handing out a receipt kept from an earlier call: true when
+    /// the bus still holds the batch for us (and has been told we are on
+    /// it), false when it may deliver it again by now.
+    async fn keep(&self) -> bool {
+        let touched = *self.touched.lock().unwrap_or_else(|p| p.into_inner());
+        if touched.elapsed() >= LEFTOVER_FOR {
+            return false;
+        }
+        if self.message.ack_with(AckKind::Progress).await.is_err() {
+            return false;
+        }
+        self.touch();
+        true
+    }
+}
+
+/// A receipt fetched but not yet handed out.
+struct Leftover {
+    receipt: Receipt,
+    batch: Arc<MissedBatch>,
+}
+
+impl Leftover {
+    fn into_missed(self) -> MissedReceipt {
+        MissedReceipt {
+            stream_sequence: self.batch.stream_sequence,
+            receipt: self.receipt,
+            batch: self.batch,
+            acked: AtomicBool::new(false),
+        }
     }
 }
 
@@ -932,5 +1175,45 @@ pub fn redact(url: &str) -> String {
             format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
         }
         _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seen_drops_copies_and_forgets_the_oldest() {
+        let mut seen = Seen::new(3);
+        assert!(seen.insert(10));
+        assert!(!seen.insert(10));
+        assert!(seen.insert(11) && seen.insert(12));
+        assert!(seen.contains(10));
+        assert!(seen.insert(13));
+        assert!(!seen.contains(10), "the oldest is forgotten beyond the cap");
+        assert!(seen.contains(11) && seen.contains(13));
+        assert_eq!(seen.set.len(), 3);
+    }
+
+    #[test]
+    fn a_batch_splits_and_other_bytes_are_an_error() {
+        let receipts: Vec<Receipt> = (1..=3)
+            .map(|s| Receipt {
+                status: ReceiptStatus::Accepted as i32,
+                stream_sequence: s,
+                event_id: format!("e{s}"),
+                ..Receipt::default()
+            })
+            .collect();
+        let bytes = ReceiptBatch {
+            receipts: receipts.clone(),
+        }
+        .encode_to_vec();
+        assert_eq!(decode_receipts(&bytes).unwrap(), receipts);
+        assert_eq!(decode_receipts(&[]).unwrap(), Vec::new());
+        assert!(decode_receipts(b"\xff\xff not protobuf").is_err());
+        // A bare receipt (what nodes sent before batches; its status is
+        // field 1, a number where a batch has a message) is not a batch.
+        assert!(decode_receipts(&receipts[0].encode_to_vec()).is_err());
     }
 }

@@ -23,8 +23,9 @@ use tokio::sync::watch;
 
 pub use error::{Error, Result};
 pub use receipts::{
-    LOOKUP_PREFIX, RECEIPTS_PREFIX, RECEIPTS_STREAM, agency_consumer, agency_consumer_config,
-    durability, ensure_receipts_stream, receipt_subject, run_lookups, run_receipts,
+    BATCH_MAX_BYTES, BATCH_MAX_RECEIPTS, LOOKUP_PREFIX, RECEIPTS_PREFIX, RECEIPTS_STREAM,
+    agency_consumer, agency_consumer_config, batch_message_id, durability, ensure_receipts_stream,
+    receipt_subject, run_lookups, run_receipts,
 };
 
 /// The stream every node reads.
