@@ -484,9 +484,15 @@ async fn a_lost_tail_is_noticed_at_start_and_read_again_before_the_node_serves()
     let db = data.path().join("db");
     let len = std::fs::metadata(&db).unwrap().len();
     let mut damaged = Vec::new();
+    let mut intact = 0;
     let mut reopened = None;
-    for divisor in [8, 16, 4, 32, 3, 64, 2] {
-        let cut = len - (len / divisor).max(64 * 1024).min(len / 2);
+    // Cuts from 1/64 of the file to half of it, the likeliest first.
+    let cuts: Vec<u64> = [8, 16, 4, 32, 3, 64, 2]
+        .iter()
+        .map(|d| len - (len / d).max(64 * 1024).min(len / 2))
+        .chain((1..16).map(|k| len - len * k / 32))
+        .collect();
+    for cut in cuts {
         let _ = std::fs::remove_dir_all(data.path());
         std::fs::create_dir_all(data.path()).unwrap();
         copy_dir(pristine.path(), data.path());
@@ -496,7 +502,47 @@ async fn a_lost_tail_is_noticed_at_start_and_read_again_before_the_node_serves()
             .unwrap()
             .set_len(cut)
             .unwrap();
+        // sled rewrites parts of its files when it opens them, and may
+        // find damage only on a later open of a cut file (its snapshot
+        // behind its log). So the cut is first taken through what the test
+        // does next (open, offline verify, serve's repair) on a copy; a
+        // cut that turns into damage on the way counts as damage.
+        let probe = tempfile::tempdir().unwrap();
+        copy_dir(data.path(), probe.path());
+        let policy = lianxi_domain::Policy::default;
+        let later = (|| {
+            drop(lianxi_log::Log::open(probe.path(), policy())?);
+            drop(lianxi_log::Log::open(probe.path(), policy())?);
+            let log = lianxi_log::Log::open(probe.path(), policy())?;
+            log.prepare_catch_up()?;
+            match log.damage() {
+                Some(d) => Err(lianxi_log::Error::Damaged {
+                    path: String::new(),
+                    detail: d,
+                }),
+                None => Ok(()),
+            }
+        })();
+        match later {
+            Ok(()) => {}
+            Err(lianxi_log::Error::Damaged { detail, .. }) => {
+                damaged.push((cut, detail));
+                continue;
+            }
+            Err(e) => panic!("a cut file opens or is damage, never {e}"),
+        }
         match lianxi_log::Log::open(data.path(), lianxi_domain::Policy::default()) {
+            // A cut sled recovers from whole (what it cut was rewritten
+            // elsewhere) is not the case this test is about; but it must
+            // then hold every entry, never fewer without saying so.
+            Ok(log) if log.behind().is_none() => {
+                assert_eq!(
+                    log.tree_size(),
+                    head.0,
+                    "a log that lost entries must be behind its high-water mark"
+                );
+                intact += 1;
+            }
             Ok(log) => {
                 reopened = Some((cut, log.behind(), log.access_log().lost()));
                 break;
@@ -506,7 +552,7 @@ async fn a_lost_tail_is_noticed_at_start_and_read_again_before_the_node_serves()
         }
     }
     let Some((cut, behind, access_lost)) = reopened else {
-        panic!("no cut reopened as an older state: {damaged:?}")
+        panic!("no cut reopened as an older state ({intact} lost nothing): {damaged:?}")
     };
     // Access records the cut took are noticed too (by their own mark).
     if let Some(lost) = &access_lost {
