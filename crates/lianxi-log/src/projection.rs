@@ -135,14 +135,7 @@ impl Projections {
                 ),
             });
         }
-        let default_event;
-        let event = match &entry.event {
-            Some(e) => e,
-            None => {
-                default_event = Event::default();
-                &default_event
-            }
-        };
+        let event = entry_event(entry);
         let person = entry_person(entry);
         let postings_before = before.as_ref().map(filters::postings);
         let view = view_after(policy, before, entry, prior.as_ref());
@@ -190,14 +183,7 @@ pub(crate) fn view_after(
     entry: &LogEntry,
     prior: Option<&PriorCase>,
 ) -> CaseView {
-    let default_event;
-    let event = match &entry.event {
-        Some(e) => e,
-        None => {
-            default_event = Event::default();
-            &default_event
-        }
-    };
+    let event = entry_event(entry);
     let ctx = Context {
         policy,
         prior_case: prior,
@@ -209,6 +195,13 @@ pub(crate) fn view_after(
         sealed: &entry.sealed,
     };
     lianxi_domain::apply(&ctx, before, event, &meta)
+}
+
+/// A stored entry's event (an empty one if it has none, which `verify`
+/// names as damage).
+fn entry_event(entry: &LogEntry) -> &Event {
+    static NONE: std::sync::LazyLock<Event> = std::sync::LazyLock::new(Event::default);
+    entry.event.as_ref().unwrap_or(&NONE)
 }
 
 /// The person token of a stored entry, as the index's key (hex).
