@@ -133,14 +133,25 @@ pub(crate) const RECEIPTS_SENT: &[u8] = b"Mreceipts";
 /// with every group. Layout 1 (no marker) keyed `D` and `X` by event id
 /// alone; layout 2 keys them by (agency, event id); layout 3 stores the
 /// Merkle tree as tiles (`G`) instead of one record per node (`T`);
-/// layout 4 adds the list filters' index (`K`).
+/// layout 4 adds the list filters' index (`K`); layout 5 writes views and
+/// the per-case, duplicate, person and filters' indexes behind the
+/// checkpoint (`Mprojected`).
 pub(crate) const LAYOUT: &[u8] = b"Mlayout";
 /// `M` + name -> metadata: set while `rebuild` is rewriting the derived
 /// records (removed by its last batch). A log that has it was cut off
 /// mid-rebuild and is rebuilt again before anything else.
 pub(crate) const REBUILDING: &[u8] = b"Mrebuilding";
+/// `M` + name -> metadata: the global sequence (8 bytes, big-endian) up to
+/// which the derived records written behind (views; the per-case,
+/// duplicate, person and filters' indexes) are in sled (`pending.rs`).
+/// Written with every group (unchanged) and by each write-behind. A log
+/// without it (layout 4) has them all.
+pub(crate) const PROJECTED: &[u8] = b"Mprojected";
 /// The layout this version writes and reads.
-pub(crate) const LAYOUT_VERSION: u8 = 4;
+pub(crate) const LAYOUT_VERSION: u8 = 5;
+/// Layout 4: the same records, every derived one written with its group
+/// (no `Mprojected`); read as it is, and marked 5 by the next group.
+pub(crate) const LAYOUT_WRITTEN_THROUGH: u8 = 4;
 /// Layout 2: the Merkle tree one record per node (the open-time tail check
 /// reads its leaves there until the upgrade).
 pub(crate) const LAYOUT_NODES: u8 = 2;

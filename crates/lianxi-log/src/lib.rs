@@ -21,6 +21,7 @@ mod keys;
 mod log;
 mod merkle;
 mod packed;
+mod pending;
 mod projection;
 mod receipts;
 mod store;

@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 use crate::access::AccessLog;
 use crate::error::{Error, Result};
 use crate::merkle::Frontier;
+use crate::pending::Pending;
 use crate::store::{self, HighWater, Store, StoreOptions};
 
 pub use lianxi_domain::intake::MAX_EVENT_BYTES;
@@ -139,6 +140,31 @@ struct Inner {
     /// size and last entry hash it belongs to (which fix the whole tree,
     /// through the hash chain), so that an append reads no tile back.
     frontier: Mutex<Option<(u64, Vec<u8>, Frontier)>>,
+    /// Derived records written behind the entries (`pending.rs`).
+    pending: Arc<Pending>,
+}
+
+impl Drop for Inner {
+    /// A clean close writes the derived records still pending, so the next
+    /// open has nothing to project again.
+    fn drop(&mut self) {
+        if self.pending.is_empty() || self.store.failure().is_some() {
+            return;
+        }
+        let cp = self
+            .writer
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .global_sequence;
+        let written = self.store.handles().and_then(|h| {
+            h.log.apply_batch(self.pending.batch(cp))?;
+            h.db.flush()?;
+            Ok(())
+        });
+        if let Err(e) = written {
+            tracing::warn!(error = %e, "could not write the pending derived records at close; the next open projects them again");
+        }
+    }
 }
 
 /// A log found below its high-water mark: it holds `have` entries, but
@@ -224,7 +250,7 @@ impl Log {
         // A rebuild cut off part way left derived records half written: the
         // tail is judged once it has run again (`upgrade_storage_layout`).
         let rebuilding = store::guard(path, || Ok(tree.contains_key(crate::keys::REBUILDING)?))?;
-        let damage = if below_mark || rebuilding {
+        let mut damage = if below_mark || rebuilding {
             None
         } else {
             tail_damage(path, &tree, &checkpoint)?
@@ -255,10 +281,28 @@ impl Log {
                 published: Mutex::new(checkpoint),
                 high_water: Mutex::new(high_water),
                 behind: Mutex::new(behind),
-                damage: Mutex::new(damage),
+                damage: Mutex::new(damage.clone()),
                 frontier: Mutex::new(None),
+                pending: Arc::new(Pending::default()),
             }),
         };
+        // After a crash the derived records written behind lag the
+        // checkpoint: the entries between are projected again (not when
+        // the log is behind, damaged or mid-rebuild: the repair or the
+        // rebuild derives every record from the entries anyway).
+        if !below_mark && !rebuilding && damage.is_none() {
+            let cp = log.checkpoint();
+            match store::guard(path, || log.project_again(&cp)) {
+                Ok(()) => {}
+                Err(e @ (Error::Corruption { .. } | Error::Damaged { .. })) => {
+                    let e = damaged(path, e);
+                    tracing::error!(data_dir = %path.display(), "{e}; the node does not write to it");
+                    damage = Some(e.to_string());
+                }
+                Err(e) => return Err(e),
+            }
+            *log.inner.damage.lock().unwrap_or_else(|p| p.into_inner()) = damage;
+        }
         if log.behind().is_none() {
             log.check_high_water()?;
         }
@@ -341,6 +385,8 @@ impl Log {
         let store = self.inner.store.clone();
         self.inner.access.while_reopening(|| store.reopen())?;
         let now = read_checkpoint(&self.log_tree()?)?;
+        // A write-behind that was not flushed may be gone with the group.
+        self.project_again(&now)?;
         *cp = now.clone();
         *self
             .inner
@@ -449,6 +495,7 @@ impl Log {
 }
 
 mod append;
+mod behind;
 mod layout;
 mod proofs;
 mod read;

@@ -77,9 +77,9 @@ impl Records {
         Ok(())
     }
 
-    pub(crate) fn write(self, batch: &mut sled::Batch) {
+    pub(crate) fn write(self, out: &mut impl crate::pending::Sink) {
         for (k, v) in self.changed {
-            batch.insert(k, v);
+            out.put(&k, &v);
         }
     }
 }

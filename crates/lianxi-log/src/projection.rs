@@ -16,6 +16,11 @@
 //! | duplicate (idempotency) index | [`dedup`] | `D` |
 //! | Merkle tree as tiles | [`tree`] | `G` |
 //! | the list filters' index | [`filters`] | `K` |
+//!
+//! The Merkle tiles and the stream index are written with the group's
+//! entries; the other families are written behind (`pending.rs`), and
+//! [`Projections::replaying`] derives them again for the entries a crash
+//! left them behind by.
 
 mod case_index;
 mod dedup;
@@ -31,6 +36,7 @@ use lianxi_proto::v1::{CaseView, Event, LogEntry};
 use crate::error::{Error, Location, Result};
 use crate::keys;
 use crate::merkle::{Frontier, Hash};
+use crate::pending::{Reader, Sink};
 
 pub(crate) use dedup::Dedup;
 pub(crate) use person::{Persons, decode_prior};
@@ -54,8 +60,11 @@ pub(crate) struct Projections {
     pub(crate) dedup: Dedup,
     filters: filters::Filters,
     cases: case_index::CaseIndex,
-    streams: stream_index::StreamIndex,
-    tree: tree::Tiles,
+    /// The families written with the entries; `None` when replaying.
+    streams: Option<stream_index::StreamIndex>,
+    tree: Option<tree::Tiles>,
+    /// The global sequence of the next entry.
+    next: u64,
 }
 
 impl Projections {
@@ -78,25 +87,37 @@ impl Projections {
     /// Projections continuing a log whose Merkle tree has `frontier`.
     pub(crate) fn new(frontier: Frontier) -> Self {
         Projections {
+            next: frontier.size() + 1,
             views: Views::default(),
             persons: Persons::default(),
             dedup: Dedup::default(),
             filters: filters::Filters::default(),
             cases: case_index::CaseIndex::default(),
-            streams: stream_index::StreamIndex::default(),
-            tree: tree::Tiles::new(frontier),
+            streams: Some(stream_index::StreamIndex::default()),
+            tree: Some(tree::Tiles::new(frontier)),
+        }
+    }
+
+    /// Projections of the families written behind only, continuing from
+    /// entry `next`: for the entries after the `Mprojected` mark, whose
+    /// tiles and stream index are stored already.
+    pub(crate) fn replaying(next: u64) -> Self {
+        Projections {
+            next,
+            views: Views::default(),
+            persons: Persons::default(),
+            dedup: Dedup::default(),
+            filters: filters::Filters::default(),
+            cases: case_index::CaseIndex::default(),
+            streams: None,
+            tree: None,
         }
     }
 
     /// Projects one entry, the next of the log: the case's view after it
     /// (with the person index as it stood before it), then every family.
     /// `base` holds what earlier writes left.
-    pub(crate) fn add(
-        &mut self,
-        base: &sled::Tree,
-        policy: &Policy,
-        entry: &LogEntry,
-    ) -> Result<()> {
+    pub(crate) fn add(&mut self, base: &Reader, policy: &Policy, entry: &LogEntry) -> Result<()> {
         let prior = match entry_person(entry) {
             Some(p) => self.persons.prior(base, &p)?,
             None => None,
@@ -115,7 +136,7 @@ impl Projections {
     /// decision read (the same [`Projections::add`] would read).
     pub(crate) fn add_decided(
         &mut self,
-        base: &sled::Tree,
+        base: &Reader,
         policy: &Policy,
         entry: &LogEntry,
         before: Option<CaseView>,
@@ -125,7 +146,7 @@ impl Projections {
             at: Location::Entry(entry.global_sequence),
             detail: format!("the entry's hash is {} bytes, not 32", entry.hash.len()),
         })?;
-        let expected = self.tree.size() + 1;
+        let expected = self.next;
         if entry.global_sequence != expected {
             return Err(Error::Corruption {
                 at: Location::Entry(expected),
@@ -149,28 +170,50 @@ impl Projections {
         };
         self.persons.add(base, &step)?;
         self.cases.add(base, &step)?;
-        self.streams.add(base, &step)?;
+        if let Some(streams) = &mut self.streams {
+            streams.add(base, &step)?;
+        }
         self.dedup.add(&step);
-        self.tree.add(base, &step)?;
+        if let Some(tree) = &mut self.tree {
+            tree.add(base, &step)?;
+        }
         self.views.add(view);
+        self.next += 1;
         Ok(())
     }
 
-    /// Puts every changed record into `batch`, and forgets them (the next
-    /// `add` reads them from the store, where the batch will have put them).
-    pub(crate) fn write(&mut self, batch: &mut sled::Batch) {
-        self.views.write(batch);
-        self.filters.write(batch);
-        self.persons.write(batch);
-        self.cases.write(batch);
-        self.streams.write(batch);
-        self.dedup.write(batch);
-        self.tree.write(batch);
+    /// Puts every changed record into `out`, and forgets them (the next
+    /// `add` reads them from the store, where `out` will have put them).
+    pub(crate) fn write(&mut self, out: &mut impl Sink) {
+        self.write_durable(out);
+        self.write_behind(out);
     }
 
-    /// The Merkle tree's right frontier after the last entry added.
-    pub(crate) fn frontier(&self) -> &Frontier {
-        self.tree.frontier()
+    /// The families written with the entries: the Merkle tiles and the
+    /// stream index.
+    pub(crate) fn write_durable(&mut self, out: &mut impl Sink) {
+        if let Some(streams) = &mut self.streams {
+            streams.write(out);
+        }
+        if let Some(tree) = &mut self.tree {
+            tree.write(out);
+        }
+    }
+
+    /// The families written behind: views and the per-case, duplicate,
+    /// person and filters' indexes.
+    pub(crate) fn write_behind(&mut self, out: &mut impl Sink) {
+        self.views.write(out);
+        self.filters.write(out);
+        self.persons.write(out);
+        self.cases.write(out);
+        self.dedup.write(out);
+    }
+
+    /// The Merkle tree's right frontier after the last entry added (none
+    /// when replaying).
+    pub(crate) fn frontier(&self) -> Option<&Frontier> {
+        self.tree.as_ref().map(|t| t.frontier())
     }
 }
 

@@ -207,9 +207,9 @@ impl Edge {
         self.tiles
     }
 
-    pub(crate) fn write(self, batch: &mut sled::Batch) {
+    pub(crate) fn write(self, out: &mut impl crate::pending::Sink) {
         for ((level, index), tile) in self.tiles {
-            batch.insert(&keys::tile(level, index), tile);
+            out.put(&keys::tile(level, index), &tile);
         }
     }
 }

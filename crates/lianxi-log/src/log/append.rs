@@ -19,6 +19,7 @@ use super::{EventOutcome, GroupReport, Incoming, KeysNeeded, Log, entry_hash};
 use crate::error::{Error, Result};
 use crate::keys;
 use crate::merkle::Frontier;
+use crate::pending::{Changes, Reader};
 use crate::projection::Projections;
 use crate::receipts;
 use crate::tiles;
@@ -75,25 +76,36 @@ impl Log {
         // damaged) must be rebuilt before it grows: the frontier says so
         // before anything.
         let frontier = self.frontier(&cp)?;
-        let mut work = Group::new(self, self.log_tree()?, cp.clone(), keys, frontier);
+        let mut work = Group::new(self, self.reader()?, cp.clone(), keys, frontier);
         let mut outcomes = Vec::with_capacity(group.messages.len());
         for (msg, parsed) in group.iter() {
             let outcome = work.process(msg, parsed)?;
             outcomes.push((msg.stream_sequence, outcome));
         }
         let receipts = std::mem::take(&mut work.receipts);
-        let (batch, next, frontier) = work.finish();
+        let (mut batch, behind, next, frontier) = work.finish();
         if next != *cp {
             let (store, h) = (&self.inner.store, self.handles()?);
+            // A log that has no mark yet (new, or layout 4 with every
+            // derived record written) has them all up to here.
+            if h.log.get(keys::PROJECTED)?.is_none() {
+                batch.insert(keys::PROJECTED, &cp.global_sequence.to_be_bytes());
+            }
             store.note(h.log.apply_batch(batch))?;
             store.note(h.db.flush())?;
             self.keep_frontier(&next, frontier);
+            // Readers see the group's derived records from here on, before
+            // its checkpoint is published.
+            self.inner
+                .pending
+                .merge(behind, next.global_sequence - cp.global_sequence);
             *cp = next;
             *self
                 .inner
                 .published
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner()) = cp.clone();
+            self.maybe_write_behind(&cp)?;
         }
         let checkpoint = cp.clone();
         drop(cp);
@@ -188,7 +200,7 @@ impl Log {
 /// that later messages of the group see earlier ones, and the batch.
 struct Group<'a> {
     log: &'a Log,
-    tree: sled::Tree,
+    tree: Reader,
     cp: Checkpoint,
     batch: sled::Batch,
     proj: Projections,
@@ -217,7 +229,7 @@ impl State for Group<'_> {
             return Ok(Some(e.clone()));
         }
         match self.accepted(agency, event_id)? {
-            Some(g) => Ok(read_entry(&self.tree, g)?.and_then(|e| e.event)),
+            Some(g) => Ok(read_entry(self.tree.tree(), g)?.and_then(|e| e.event)),
             None => Ok(None),
         }
     }
@@ -237,7 +249,7 @@ impl State for Group<'_> {
 impl<'a> Group<'a> {
     fn new(
         log: &'a Log,
-        tree: sled::Tree,
+        tree: Reader,
         cp: Checkpoint,
         keys: &'a GroupKeys,
         frontier: Frontier,
@@ -254,12 +266,17 @@ impl<'a> Group<'a> {
         }
     }
 
-    fn finish(mut self) -> (sled::Batch, Checkpoint, Frontier) {
-        self.proj.write(&mut self.batch);
+    /// The batch to write now (entries, records, tiles, stream index,
+    /// checkpoint), the derived records written behind, the checkpoint
+    /// after the group and the tree's frontier.
+    fn finish(mut self) -> (sled::Batch, Changes, Checkpoint, Frontier) {
+        self.proj.write_durable(&mut self.batch);
+        let mut behind = Changes::new();
+        self.proj.write_behind(&mut behind);
         self.batch.insert(keys::CHECKPOINT, self.cp.encode_to_vec());
         self.batch.insert(keys::LAYOUT, &[keys::LAYOUT_VERSION]);
-        let frontier = self.proj.frontier().clone();
-        (self.batch, self.cp, frontier)
+        let frontier = self.proj.frontier().cloned().unwrap_or_default();
+        (self.batch, behind, self.cp, frontier)
     }
 
     fn process(&mut self, msg: &Incoming, parsed: &Parsed) -> Result<EventOutcome> {
@@ -288,7 +305,7 @@ impl<'a> Group<'a> {
         // The receipt names the original's case, as `Log::receipt` does.
         let case_id = match self.events.get(&(agency, event_id.clone())) {
             Some(e) => e.case_id.clone(),
-            None => read_entry(&self.tree, original)?
+            None => read_entry(self.tree.tree(), original)?
                 .and_then(|e| e.event)
                 .map(|e| e.case_id)
                 .unwrap_or_default(),

@@ -30,7 +30,12 @@ impl Log {
             });
         }
         match tree.get(keys::LAYOUT)? {
-            Some(v) if v.as_ref() == [keys::LAYOUT_VERSION] => Ok(()),
+            Some(v)
+                if v.as_ref() == [keys::LAYOUT_VERSION]
+                    || v.as_ref() == [keys::LAYOUT_WRITTEN_THROUGH] =>
+            {
+                Ok(())
+            }
             Some(v) if keys::upgradable(&v) => Err(Error::Layout {
                 detail: format!(
                     "the data directory has storage layout {}, and this lianxi writes layout {} (the same entries, more derived records: the Merkle tree as tiles, the list filters' index); start `lianxi serve` on it, or run `lianxi rebuild` once, and the derived records are written again from the entries (nothing in the log itself changes)",

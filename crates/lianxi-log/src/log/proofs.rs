@@ -49,9 +49,12 @@ impl Log {
         )
     }
 
-    /// The raw tree, for tests in this crate that tamper with storage.
+    /// The raw tree, for tests in this crate that tamper with storage or
+    /// read records as stored (the pending ones written first).
     #[cfg(test)]
     pub(crate) fn tree(&self) -> sled::Tree {
+        self.write_behind_now()
+            .expect("the pending records are written");
         self.log_tree().expect("the store is open")
     }
 }

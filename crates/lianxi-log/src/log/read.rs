@@ -26,14 +26,14 @@ impl Log {
         limit: usize,
     ) -> Result<Vec<String>> {
         self.check_layout(&self.checkpoint())?;
-        let tree = self.log_tree()?;
+        let tree = self.reader()?;
         let mut ids = Vec::new();
         for value in values {
             let prefix = filters::value_prefix(facet, *value);
             let mut start = prefix.clone();
             start.extend_from_slice(after.as_bytes());
             start.push(0);
-            for item in tree.range(start..).take(limit) {
+            for item in tree.prefix_from(&prefix, start).take(limit) {
                 let (k, _) = item?;
                 if !k.starts_with(&prefix) {
                     break;
@@ -60,7 +60,7 @@ impl Log {
         limit: usize,
     ) -> Result<Vec<String>> {
         self.check_layout(&self.checkpoint())?;
-        let tree = self.log_tree()?;
+        let tree = self.reader()?;
         let mut ids = Vec::new();
         for item in tree.range(filters::due_start().to_vec()..filters::due_prefix(now)) {
             let (k, _) = item?;
@@ -77,7 +77,7 @@ impl Log {
 
     /// The current view of a case.
     pub fn case_view(&self, case_id: &str) -> Result<Option<CaseView>> {
-        view::read(&self.log_tree()?, case_id)
+        view::read(&self.reader()?, case_id)
     }
 
     /// One entry by global sequence.
@@ -87,7 +87,7 @@ impl Log {
 
     /// Entries of one case with a case sequence above `after`, at most `limit`.
     pub fn case_entries(&self, case_id: &str, after: u64, limit: usize) -> Result<Vec<LogEntry>> {
-        let tree = &self.log_tree()?;
+        let tree = &self.reader()?;
         let mut out = Vec::new();
         let mut case_seq = after.saturating_add(1);
         'records: while out.len() < limit {
@@ -101,7 +101,7 @@ impl Log {
                 let Some(g) = packed::get(&record, packed::case_slot(case_seq)) else {
                     break 'records;
                 };
-                let entry = read_entry(tree, g)?.ok_or_else(|| Error::Corruption {
+                let entry = read_entry(tree.tree(), g)?.ok_or_else(|| Error::Corruption {
                     at: Location::Entry(g),
                     detail: format!("indexed by case {case_id} but missing"),
                 })?;
@@ -211,7 +211,7 @@ impl Log {
     ) -> Result<Option<PriorCase>> {
         let start = keys::person_history_prefix(person);
         let end = keys::person_history(person, global_sequence);
-        match self.log_tree()?.range(start..end).next_back() {
+        match self.reader()?.range(start..end).next_back() {
             // An erasure ends the person's link to the erased case.
             Some(Ok((_, v))) if v.is_empty() => Ok(None),
             Some(item) => {
@@ -228,7 +228,7 @@ impl Log {
     /// Every stored view, decoded, in case-id order.
     pub fn views(&self) -> Result<Vec<CaseView>> {
         let mut out = Vec::new();
-        for item in self.log_tree()?.scan_prefix([keys::VIEW]) {
+        for item in self.reader()?.scan_prefix([keys::VIEW]) {
             let (k, v) = item?;
             out.push(CaseView::decode(v.as_ref()).map_err(|e| Error::Corruption {
                 at: Location::View(String::from_utf8_lossy(&k[1..]).into_owned()),
@@ -244,7 +244,7 @@ impl Log {
         let mut start = keys::named(keys::VIEW, after);
         start.push(0);
         let mut out = Vec::new();
-        for item in self.log_tree()?.range(start..) {
+        for item in self.reader()?.prefix_from(&[keys::VIEW], start) {
             let (k, v) = item?;
             if k.first() != Some(&keys::VIEW) || out.len() >= limit {
                 break;
@@ -260,7 +260,7 @@ impl Log {
     /// Every stored view, in case-id order, as stored bytes.
     pub fn view_bytes(&self) -> Result<Vec<(String, Vec<u8>)>> {
         let mut out = Vec::new();
-        for item in self.log_tree()?.scan_prefix([keys::VIEW]) {
+        for item in self.reader()?.scan_prefix([keys::VIEW]) {
             let (k, v) = item?;
             let case = String::from_utf8_lossy(&k[1..]).into_owned();
             out.push((case, v.to_vec()));
@@ -295,6 +295,7 @@ impl Log {
     ) -> Result<Vec<M>> {
         let start = keys::seq(prefix, after.saturating_add(1));
         let mut out = Vec::new();
+        // Rejection and duplicate records are never written behind.
         for item in self.log_tree()?.range(start..) {
             let (k, v) = item?;
             if k.first() != Some(&prefix) || out.len() >= limit {
@@ -312,12 +313,12 @@ impl Log {
     /// processed it (None past the checkpoint, or for a sequence the stream
     /// never handed out).
     pub fn receipt(&self, stream_sequence: u64) -> Result<Option<Receipt>> {
-        let tree = &self.log_tree()?;
+        let tree = &self.reader()?;
         if let Some(g) = tree
             .get(packed::by_stream_key(stream_sequence))?
             .and_then(|r| packed::get(&r, stream_sequence % packed::SLOTS))
         {
-            let entry = read_entry(tree, g)?.ok_or_else(|| Error::Corruption {
+            let entry = read_entry(tree.tree(), g)?.ok_or_else(|| Error::Corruption {
                 at: Location::Entry(g),
                 detail: format!("stream sequence {stream_sequence} points at a missing entry"),
             })?;
@@ -328,7 +329,7 @@ impl Log {
                 at: Location::Key(hex::encode(keys::seq(keys::DUPLICATE, stream_sequence))),
                 detail: e.to_string(),
             })?;
-            let case_id = read_entry(tree, d.original_global_sequence)?
+            let case_id = read_entry(tree.tree(), d.original_global_sequence)?
                 .and_then(|e| e.event)
                 .map(|e| e.case_id)
                 .unwrap_or_default();
@@ -350,13 +351,13 @@ impl Log {
     /// event with the same id is never found.
     pub fn receipt_for_event(&self, agency: Agency, event_id: &str) -> Result<Option<Receipt>> {
         self.check_layout(&self.checkpoint())?;
-        let tree = &self.log_tree()?;
+        let tree = &self.reader()?;
         if let Some(g) = tree
             .get(keys::scoped(keys::DEDUP, agency, event_id))?
             .as_deref()
             .and_then(keys::be_u64)
         {
-            return Ok(read_entry(tree, g)?.map(|e| receipts::accepted(&e)));
+            return Ok(read_entry(tree.tree(), g)?.map(|e| receipts::accepted(&e)));
         }
         match tree
             .get(keys::scoped(keys::REJECTED_ID, agency, event_id))?

@@ -155,6 +155,10 @@ impl Log {
     pub fn rebuild(&self) -> Result<RebuildReport> {
         let _writer = self.writer();
         let tree = &self.log_tree()?;
+        // Every derived record is written again from the entries: what is
+        // pending is dropped, and the reads below see sled alone.
+        self.inner.pending.clear();
+        let reader = &self.reader()?;
         let mut batch = sled::Batch::default();
         clear_prefixes(tree, &mut batch, &Projections::PREFIXES)?;
         clear_prefixes(tree, &mut batch, &Projections::RETIRED)?;
@@ -165,7 +169,7 @@ impl Log {
         for item in tree.scan_prefix([keys::ENTRY]) {
             let (k, v) = item?;
             let entry = decode_entry(&k, &v)?;
-            proj.add(tree, &self.inner.policy, &entry)?;
+            proj.add(reader, &self.inner.policy, &entry)?;
             entries += 1;
             if entry.case_sequence == 1 {
                 cases += 1;
@@ -180,6 +184,7 @@ impl Log {
         let mut batch = sled::Batch::default();
         proj.write(&mut batch);
         batch.remove(keys::REBUILDING);
+        batch.insert(keys::PROJECTED, &entries.to_be_bytes());
         // Every derived record is this layout's now: a log of an older
         // layout with the same entries (2, 3) is upgraded. A layout-1 log
         // keeps its marker (its dedup keys still need the older version).
@@ -196,7 +201,7 @@ impl Log {
             last_hash,
             ..Checkpoint::default()
         };
-        self.keep_frontier(&size, proj.frontier().clone());
+        self.keep_frontier(&size, proj.frontier().cloned().unwrap_or_default());
         Ok(RebuildReport { entries, cases })
     }
 }

@@ -16,6 +16,11 @@ impl Log {
     /// operator or intruder editing the sled files of a stopped node.
     /// Only in builds with the feature `test-util`.
     pub fn tamper(&self) -> Tamper<'_> {
+        // What is damaged is what is on disk: the records still pending
+        // are written first.
+        if let Err(e) = self.write_behind_now() {
+            tracing::warn!(error = %e, "could not write the pending records before tampering");
+        }
         Tamper { log: self }
     }
 }
@@ -115,6 +120,11 @@ impl Tamper<'_> {
             None => vec![0; 32],
         };
         batch.insert(keys::CHECKPOINT, cp.encode_to_vec());
+        // A consistent rewind moves the mark of the records written behind
+        // back with the checkpoint.
+        if tree.contains_key(keys::PROJECTED)? {
+            batch.insert(keys::PROJECTED, &keep.to_be_bytes());
+        }
         tree.apply_batch(batch)?;
         tree.flush()?;
         *self.log.writer() = cp.clone();

@@ -20,6 +20,7 @@ impl Log {
     /// end.
     pub fn verify(&self) -> Result<VerifyReport> {
         let tree = &self.log_tree()?;
+        let derived = self.reader()?;
         let mut prev = [0u8; 32];
         let mut expected = 1u64;
         let mut case_seqs: HashMap<String, u64> = HashMap::new();
@@ -66,7 +67,7 @@ impl Log {
                     case_seq, event.case_id, entry.case_sequence
                 )));
             }
-            let indexed = tree
+            let indexed = derived
                 .get(packed::case_key(&event.case_id, *case_seq))?
                 .and_then(|r| packed::get(&r, packed::case_slot(*case_seq)));
             if indexed != Some(expected) {
@@ -75,7 +76,8 @@ impl Log {
                     detail: format!("does not point at entry {expected}"),
                 });
             }
-            let dedup = tree.get(keys::scoped(keys::DEDUP, agency_of(event), &event.event_id))?;
+            let dedup =
+                derived.get(keys::scoped(keys::DEDUP, agency_of(event), &event.event_id))?;
             if dedup.as_deref().and_then(keys::be_u64) != Some(expected) {
                 return Err(Error::Corruption {
                     at: Location::Dedup(event.event_id.clone()),

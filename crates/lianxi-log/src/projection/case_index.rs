@@ -3,6 +3,7 @@
 
 use crate::error::Result;
 use crate::packed;
+use crate::pending::{Reader, Sink};
 
 use super::Step;
 
@@ -12,7 +13,7 @@ pub(crate) struct CaseIndex {
 }
 
 impl CaseIndex {
-    pub(crate) fn add(&mut self, base: &sled::Tree, step: &Step<'_>) -> Result<()> {
+    pub(crate) fn add(&mut self, base: &Reader, step: &Step<'_>) -> Result<()> {
         let case_sequence = step.entry.case_sequence;
         self.records.set(
             &packed::case_key(&step.event.case_id, case_sequence),
@@ -22,7 +23,7 @@ impl CaseIndex {
         )
     }
 
-    pub(crate) fn write(&mut self, batch: &mut sled::Batch) {
-        std::mem::take(&mut self.records).write(batch);
+    pub(crate) fn write(&mut self, out: &mut impl Sink) {
+        std::mem::take(&mut self.records).write(out);
     }
 }

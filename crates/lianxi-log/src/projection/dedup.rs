@@ -8,6 +8,7 @@ use lianxi_proto::v1::Agency;
 
 use crate::error::Result;
 use crate::keys;
+use crate::pending::{Reader, Sink};
 
 use super::Step;
 
@@ -18,12 +19,7 @@ pub(crate) struct Dedup {
 
 impl Dedup {
     /// The global sequence of the agency's accepted event `event_id`.
-    pub(crate) fn get(
-        &self,
-        base: &sled::Tree,
-        agency: Agency,
-        event_id: &str,
-    ) -> Result<Option<u64>> {
+    pub(crate) fn get(&self, base: &Reader, agency: Agency, event_id: &str) -> Result<Option<u64>> {
         if let Some(g) = self.changed.get(&(agency, event_id.to_owned())) {
             return Ok(Some(*g));
         }
@@ -43,9 +39,9 @@ impl Dedup {
         );
     }
 
-    pub(crate) fn write(&mut self, batch: &mut sled::Batch) {
+    pub(crate) fn write(&mut self, out: &mut impl Sink) {
         for ((agency, id), g) in self.changed.drain() {
-            batch.insert(keys::scoped(keys::DEDUP, agency, &id), &g.to_be_bytes());
+            out.put(&keys::scoped(keys::DEDUP, agency, &id), &g.to_be_bytes());
         }
     }
 }

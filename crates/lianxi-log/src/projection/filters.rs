@@ -19,6 +19,7 @@ use lianxi_proto::Timestamp;
 use lianxi_proto::v1::CaseView;
 
 use crate::keys;
+use crate::pending::Sink;
 
 /// A facet of the index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,12 +114,12 @@ impl Filters {
         }
     }
 
-    pub(crate) fn write(&mut self, batch: &mut sled::Batch) {
+    pub(crate) fn write(&mut self, out: &mut impl Sink) {
         for (k, present) in std::mem::take(&mut self.changed) {
             if present {
-                batch.insert(k, &[]);
+                out.put(&k, &[]);
             } else {
-                batch.remove(k);
+                out.delete(&k);
             }
         }
     }

@@ -16,6 +16,7 @@ use prost::Message;
 use crate::error::{Error, Location, Result};
 use crate::keys;
 use crate::packed;
+use crate::pending::{Reader, Sink};
 
 use super::{Step, entry_person};
 
@@ -30,7 +31,7 @@ pub(crate) struct Persons {
 
 impl Persons {
     /// The latest case opened for a person.
-    pub(crate) fn prior(&self, base: &sled::Tree, person: &str) -> Result<Option<PriorCase>> {
+    pub(crate) fn prior(&self, base: &Reader, person: &str) -> Result<Option<PriorCase>> {
         if let Some(prior) = self.latest.get(person) {
             return Ok(prior.clone());
         }
@@ -44,7 +45,7 @@ impl Persons {
         }
     }
 
-    pub(crate) fn add(&mut self, base: &sled::Tree, step: &Step<'_>) -> Result<()> {
+    pub(crate) fn add(&mut self, base: &Reader, step: &Step<'_>) -> Result<()> {
         let g = step.entry.global_sequence;
         if let Some(p) = step.person {
             let prior = prior_of(step.view);
@@ -72,30 +73,30 @@ impl Persons {
         Ok(())
     }
 
-    pub(crate) fn write(&mut self, batch: &mut sled::Batch) {
+    pub(crate) fn write(&mut self, out: &mut impl Sink) {
         for (person, prior) in self.latest.drain() {
             let key = keys::named(keys::PERSON, &person);
             match prior {
-                Some(p) => batch.insert(key, encode_prior(&p)),
-                None => batch.remove(key),
+                Some(p) => out.put(&key, &encode_prior(&p)),
+                None => out.delete(&key),
             }
         }
         for (key, value) in self.history.drain(..) {
-            batch.insert(key, value);
+            out.put(&key, &value);
         }
         self.case_persons.clear();
     }
 }
 
 /// A case's first entry, as stored.
-fn first_entry(base: &sled::Tree, case_id: &str) -> Result<Option<LogEntry>> {
+fn first_entry(base: &Reader, case_id: &str) -> Result<Option<LogEntry>> {
     let Some(g) = base
         .get(packed::case_key(case_id, 1))?
         .and_then(|r| packed::get(&r, 0))
     else {
         return Ok(None);
     };
-    match base.get(keys::seq(keys::ENTRY, g))? {
+    match base.tree().get(keys::seq(keys::ENTRY, g))? {
         Some(b) => LogEntry::decode(b.as_ref())
             .map(Some)
             .map_err(|e| Error::Corruption {

@@ -4,6 +4,7 @@
 
 use crate::error::Result;
 use crate::packed;
+use crate::pending::{Reader, Sink};
 
 use super::Step;
 
@@ -13,7 +14,7 @@ pub(crate) struct StreamIndex {
 }
 
 impl StreamIndex {
-    pub(crate) fn add(&mut self, base: &sled::Tree, step: &Step<'_>) -> Result<()> {
+    pub(crate) fn add(&mut self, base: &Reader, step: &Step<'_>) -> Result<()> {
         let s = step.entry.stream_sequence;
         self.records.set(
             &packed::by_stream_key(s),
@@ -23,7 +24,7 @@ impl StreamIndex {
         )
     }
 
-    pub(crate) fn write(&mut self, batch: &mut sled::Batch) {
-        std::mem::take(&mut self.records).write(batch);
+    pub(crate) fn write(&mut self, out: &mut impl Sink) {
+        std::mem::take(&mut self.records).write(out);
     }
 }

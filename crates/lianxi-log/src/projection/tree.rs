@@ -3,6 +3,7 @@
 
 use crate::error::Result;
 use crate::merkle::{self, Frontier};
+use crate::pending::{Reader, Sink};
 use crate::tiles::{self, Edge};
 
 use super::Step;
@@ -20,10 +21,6 @@ impl Tiles {
         }
     }
 
-    pub(crate) fn size(&self) -> u64 {
-        self.frontier.size()
-    }
-
     pub(crate) fn frontier(&self) -> &Frontier {
         &self.frontier
     }
@@ -31,13 +28,14 @@ impl Tiles {
     /// The frontier moves on, and the nodes the leaf completes at a tile
     /// level go into their tiles (a partial tile at the right edge is read
     /// once per write).
-    pub(crate) fn add(&mut self, base: &sled::Tree, step: &Step<'_>) -> Result<()> {
+    pub(crate) fn add(&mut self, base: &Reader, step: &Step<'_>) -> Result<()> {
         let created = self.frontier.push(merkle::leaf_hash(step.hash))?;
-        self.edge
-            .add(&created, |level, index| tiles::read(base, level, index))
+        self.edge.add(&created, |level, index| {
+            tiles::read(base.tree(), level, index)
+        })
     }
 
-    pub(crate) fn write(&mut self, batch: &mut sled::Batch) {
-        std::mem::take(&mut self.edge).write(batch);
+    pub(crate) fn write(&mut self, out: &mut impl Sink) {
+        std::mem::take(&mut self.edge).write(out);
     }
 }

@@ -8,6 +8,7 @@ use prost::Message;
 
 use crate::error::{Error, Location, Result};
 use crate::keys;
+use crate::pending::{Reader, Sink};
 
 #[derive(Default)]
 pub(crate) struct Views {
@@ -16,7 +17,7 @@ pub(crate) struct Views {
 
 impl Views {
     /// The current view of a case: as changed here, else as stored.
-    pub(crate) fn get(&self, base: &sled::Tree, case_id: &str) -> Result<Option<CaseView>> {
+    pub(crate) fn get(&self, base: &Reader, case_id: &str) -> Result<Option<CaseView>> {
         match self.changed.get(case_id) {
             Some(v) => Ok(Some(v.clone())),
             None => read(base, case_id),
@@ -27,15 +28,15 @@ impl Views {
         self.changed.insert(view.case_id.clone(), view);
     }
 
-    pub(crate) fn write(&mut self, batch: &mut sled::Batch) {
+    pub(crate) fn write(&mut self, out: &mut impl Sink) {
         for (case, view) in self.changed.drain() {
-            batch.insert(keys::named(keys::VIEW, &case), view.encode_to_vec());
+            out.put(&keys::named(keys::VIEW, &case), &view.encode_to_vec());
         }
     }
 }
 
 /// A stored view.
-pub(crate) fn read(tree: &sled::Tree, case_id: &str) -> Result<Option<CaseView>> {
+pub(crate) fn read(tree: &Reader, case_id: &str) -> Result<Option<CaseView>> {
     match tree.get(keys::named(keys::VIEW, case_id))? {
         Some(b) => CaseView::decode(b.as_ref())
             .map(Some)
