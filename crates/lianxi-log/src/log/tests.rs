@@ -1942,3 +1942,32 @@ fn a_layout_3_directory_gets_its_filters_index_from_the_upgrade() {
         "once is enough"
     );
 }
+
+#[test]
+fn a_layout_4_directory_is_read_as_it_is_and_marked_5_by_its_next_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let msgs = stream(11, 300);
+    let (first, rest) = msgs.split_at(150);
+    let views = {
+        let log = Log::open(dir.path(), Policy::default()).unwrap();
+        log.append_group(first, &TEST_KEYS).unwrap();
+        // What layout 4 wrote: every derived record, no mark.
+        let t = log.tree();
+        t.remove(keys::PROJECTED).unwrap();
+        t.insert(keys::LAYOUT, &[4]).unwrap();
+        t.flush().unwrap();
+        log.view_bytes().unwrap()
+    };
+    let log = Log::open(dir.path(), Policy::default()).unwrap();
+    log.check_storage_layout().unwrap();
+    assert_eq!(log.view_bytes().unwrap(), views);
+    log.append_group(rest, &TEST_KEYS).unwrap();
+    let t = log.tree();
+    assert_eq!(t.get(keys::LAYOUT).unwrap().as_deref(), Some(&[5u8][..]));
+    let mark = t.get(keys::PROJECTED).unwrap().unwrap();
+    assert_eq!(keys::be_u64(&mark), Some(log.checkpoint().global_sequence));
+    log.verify().unwrap();
+    let grown = log.view_bytes().unwrap();
+    log.rebuild().unwrap();
+    assert_eq!(log.view_bytes().unwrap(), grown);
+}
