@@ -115,11 +115,20 @@ impl Log {
         Ok(out)
     }
 
-    /// Log entries with a global sequence above `after`, at most `limit`.
+    /// Log entries with a global sequence above `after`, at most `limit`,
+    /// up to the published checkpoint: a group's entries are in sled before
+    /// its derived records written behind are readable (they are merged
+    /// just before the checkpoint is published), so a reader that goes on
+    /// to read their views and per-case index never sees entries without
+    /// them.
     pub fn entries(&self, after: u64, limit: usize) -> Result<Vec<LogEntry>> {
         let start = keys::seq(keys::ENTRY, after.saturating_add(1));
+        let end = keys::seq(
+            keys::ENTRY,
+            self.checkpoint().global_sequence.saturating_add(1),
+        );
         let mut out = Vec::new();
-        for item in self.log_tree()?.range(start..) {
+        for item in self.log_tree()?.range(start..end) {
             let (k, v) = item?;
             if k.first() != Some(&keys::ENTRY) || out.len() >= limit {
                 break;
