@@ -144,29 +144,6 @@ struct Inner {
     pending: Arc<Pending>,
 }
 
-impl Drop for Inner {
-    /// A clean close writes the derived records still pending, so the next
-    /// open has nothing to project again.
-    fn drop(&mut self) {
-        if self.pending.is_empty() || self.store.failure().is_some() {
-            return;
-        }
-        let cp = self
-            .writer
-            .get_mut()
-            .unwrap_or_else(|p| p.into_inner())
-            .global_sequence;
-        let written = self.store.handles().and_then(|h| {
-            h.log.apply_batch(self.pending.batch(cp))?;
-            h.db.flush()?;
-            Ok(())
-        });
-        if let Err(e) = written {
-            tracing::warn!(error = %e, "could not write the pending derived records at close; the next open projects them again");
-        }
-    }
-}
-
 /// A log found below its high-water mark: it holds `have` entries, but
 /// the node had already receipted or signed `vouched`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -286,14 +263,20 @@ impl Log {
                 pending: Arc::new(Pending::default()),
             }),
         };
-        // After a crash the derived records written behind lag the
-        // checkpoint: the entries between are projected again (not when
-        // the log is behind, damaged or mid-rebuild: the repair or the
-        // rebuild derives every record from the entries anyway).
-        if !below_mark && !rebuilding && damage.is_none() {
+        // After a crash or a close the derived records written behind lag
+        // the checkpoint: the entries between are projected again (not
+        // when the log is damaged or mid-rebuild: the rebuild derives every
+        // record from the entries anyway).
+        if !rebuilding && damage.is_none() {
             let cp = log.checkpoint();
             match store::guard(path, || log.project_again(&cp)) {
                 Ok(()) => {}
+                // Below its mark, `prepare_catch_up` repairs and rebuilds
+                // whatever this could not project.
+                Err(e) if below_mark => {
+                    tracing::warn!(data_dir = %path.display(), error = %e, "could not project the entries after the mark again; the repair before catching up rebuilds them");
+                    log.inner.pending.clear();
+                }
                 Err(e @ (Error::Corruption { .. } | Error::Damaged { .. })) => {
                     let e = damaged(path, e);
                     tracing::error!(data_dir = %path.display(), "{e}; the node does not write to it");

@@ -58,8 +58,9 @@ impl Log {
         Ok(())
     }
 
-    /// Writes what is pending and flushes: for a clean close and before
-    /// anything reads sled's files directly.
+    /// Writes what is pending and flushes: before a test reads or damages
+    /// sled's records directly.
+    #[cfg(any(test, feature = "test-util"))]
     pub(crate) fn write_behind_now(&self) -> Result<()> {
         let cp = self.writer();
         if self.inner.pending.is_empty() {
